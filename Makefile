@@ -1,0 +1,81 @@
+# stem_ae: two commands for a newcomer.
+#   make figures   set up .venv, then regenerate every figure (figures/*.png, *.pdf)
+#   make test      set up .venv, then run the whole test suite (notebooks included, smoke size)
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON_BOOT ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+# The stamp is keyed on the packaging files: editing them reinstalls, otherwise install takes seconds.
+STAMP := $(VENV)/.stamp-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+export MPLBACKEND := agg
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONHASHSEED := 0
+
+NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
+CI_PARAMS := notebooks/params/ci.yaml
+
+.PHONY: help install test test-fast lint format figures benchmarks clean
+
+help:
+	@echo "make figures   set up, then regenerate every figure into figures/"
+	@echo "make test      set up, then run all tests (unit, doctests, notebooks at smoke size)"
+	@echo "make lint      ruff check + ruff format --check"
+	@echo "make benchmarks  run benchmarks/*.py (prints ratios and peak RSS)"
+
+install: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip setuptools wheel
+	$(PY) -m pip install --quiet -e '.[dev]'
+	rm -f $(VENV)/.stamp-*
+	touch $@
+
+test: install build/ci/.prepared
+	$(PY) -m pytest tests stem_ae build/ci --nbval-lax --nbval-current-env -p no:cacheprovider
+
+test-fast: install
+	$(PY) -m pytest tests stem_ae -m "not slow and not notebook" -p no:cacheprovider
+
+# Notebooks at smoke size: papermill injects notebooks/params/ci.yaml without executing
+# (--prepare-only); nbval then executes them as tests.
+build/ci/.prepared: $(NOTEBOOKS) $(CI_PARAMS) $(STAMP)
+	rm -rf build/ci && mkdir -p build/ci/out
+	for nb in $(NOTEBOOKS); do \
+	  $(PY) -m papermill --prepare-only -k python3 -f $(CI_PARAMS) \
+	    -p repo_dir $(abspath .) -p out_dir $(abspath build/ci/out) \
+	    $$nb build/ci/$$(basename $$nb) >/dev/null; \
+	done
+	touch $@
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+# ---- figures: each notebook executed headless at its default (paper-scale) parameters ----
+# Executed copies go to build/, pictures to figures/. A notebook is rerun only when it, the
+# package or its inputs changed; each run writes a part file that is moved into place at the end.
+PKG_SOURCES := $(wildcard stem_ae/*.py)
+EXECUTED := $(patsubst notebooks/%.ipynb,build/%.ipynb,$(NOTEBOOKS))
+
+figures: install $(EXECUTED)
+
+build/%.ipynb: notebooks/%.ipynb $(PKG_SOURCES) $(STAMP)
+	mkdir -p build figures
+	$(PY) -m papermill -k python3 --cwd notebooks \
+	  -p repo_dir $(abspath .) -p out_dir $(abspath figures) \
+	  $< build/.$*.part.ipynb
+	mv build/.$*.part.ipynb $@
+
+benchmarks: install
+	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache

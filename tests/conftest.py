@@ -1,0 +1,33 @@
+"""Shared fixtures: every test runs in its own temporary folder and leaves no figure open."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("MPLBACKEND", "agg")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import matplotlib  # noqa: E402
+import pytest  # noqa: E402
+
+matplotlib.use("agg")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO / "data"
+
+
+@pytest.fixture(autouse=True)
+def _in_tmp_path(tmp_path, monkeypatch):
+    """Run each test in a fresh temporary folder and close every figure afterwards."""
+    monkeypatch.chdir(tmp_path)
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
+@pytest.fixture
+def data_dir() -> Path:
+    """The folder of real microscope images shipped with the repository (see data/README.md)."""
+    return SHARED_DATA
