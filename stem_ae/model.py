@@ -1,0 +1,530 @@
+"""The dense stacked auto-encoder: configuration, builder, saving and the shipped models.
+
+The network is a Keras ``Sequential`` of fully connected layers acting on one square window
+(28 × 28 px by default): ``Input → Flatten → Dense encoder → Dense code → mirrored Dense
+decoder → Dense(window²) → Reshape``. Its configuration is a frozen :class:`AEConfig` that is
+saved as ``config.json`` beside ``model.keras``.
+
+Model input convention (shared with :mod:`stem_ae.train` and :mod:`stem_ae.reconstruct`): with
+``normalization="window"`` every noisy window is standardised by its own mean and standard
+deviation (:func:`standardize`); the network maps that to the clean window standardised with the
+*noisy* window's statistics, and :func:`unstandardize` puts the output back into the input's
+units. The model is therefore blind to detector offset and gain.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+from keras import layers
+
+__all__ = [
+    "ACTIVATIONS",
+    "NORMALIZATIONS",
+    "AEConfig",
+    "available_models",
+    "build_autoencoder",
+    "get_config",
+    "load_model",
+    "predict_windows",
+    "save_model",
+    "standardize",
+    "unstandardize",
+]
+
+#: Activations accepted for the hidden and output layers (Keras names).
+ACTIVATIONS = (
+    "relu",
+    "elu",
+    "selu",
+    "gelu",
+    "silu",
+    "swish",
+    "leaky_relu",
+    "tanh",
+    "sigmoid",
+    "softplus",
+    "linear",
+)
+#: Input conventions: ``"window"`` (per-window z-score, every shipped model) or ``"none"``.
+NORMALIZATIONS = ("window", "none")
+
+_MODEL_FILE = "model.keras"
+_CONFIG_FILE = "config.json"
+_CONFIG_ATTR = "_stem_ae_config"
+_MIN_WINDOW = 8
+
+
+def _check_count(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class AEConfig:
+    """Architecture and training record of a dense stacked auto-encoder.
+
+    Parameters
+    ----------
+    window : int
+        Side of the square input window, px (>= 8). The paper uses 28.
+    encoder : tuple of int
+        Widths of the encoder's hidden Dense layers, non-increasing; the decoder mirrors them.
+    code : int
+        Width of the bottleneck Dense layer; at most ``encoder[-1]`` and below ``window**2``.
+    activation : str
+        Activation of every hidden layer (one of :data:`ACTIVATIONS`).
+    output_activation : str
+        Activation of the last Dense layer; ``"linear"`` suits standardised windows.
+    normalization : str
+        ``"window"``: per-window z-score of the input (see :func:`standardize`); ``"none"``: the
+        network sees raw values.
+    learning_rate : float
+        Adam learning rate.
+    name : str
+        Short name, used as the Keras model name (``stem_ae_<name>``).
+    training : dict
+        What the model was trained on: ``TrainingDistribution.to_dict()`` plus ``n_samples``
+        (per epoch), ``epochs``, ``batch_size`` and ``seed``. JSON-serialisable.
+
+    Raises
+    ------
+    ValueError
+        If any field is out of range; the message names the field and the fix.
+
+    Examples
+    --------
+    >>> config = AEConfig(encoder=(256, 128), code=32)
+    >>> AEConfig.from_dict(config.to_dict()) == config
+    True
+    >>> AEConfig(code=1000)
+    Traceback (most recent call last):
+    ...
+    ValueError: code=1000 must be smaller than the input size window**2 = 784 ...
+    """
+
+    window: int = 28
+    encoder: tuple[int, ...] = (512, 256, 128)
+    code: int = 64
+    activation: str = "relu"
+    output_activation: str = "linear"
+    normalization: str = "window"
+    learning_rate: float = 1e-3
+    name: str = "custom"
+    training: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_count("window", self.window, minimum=_MIN_WINDOW)
+        if isinstance(self.encoder, (int, np.integer)) or not hasattr(self.encoder, "__iter__"):
+            raise ValueError(f"encoder must be a sequence of layer widths, got {self.encoder!r}")
+        encoder = tuple(self.encoder)
+        if not encoder:
+            raise ValueError("encoder must hold at least one hidden layer width, got ()")
+        for width in encoder:
+            _check_count("every encoder width", width, minimum=1)
+        encoder = tuple(int(width) for width in encoder)
+        if any(later > earlier for earlier, later in itertools.pairwise(encoder)):
+            raise ValueError(
+                f"encoder widths must not increase towards the code, got {encoder}; "
+                f"sort them, e.g. {tuple(sorted(encoder, reverse=True))}"
+            )
+        object.__setattr__(self, "encoder", encoder)
+        _check_count("code", self.code, minimum=1)
+        object.__setattr__(self, "code", int(self.code))
+        object.__setattr__(self, "window", int(self.window))
+        n_inputs = self.window**2
+        if self.code >= n_inputs:
+            raise ValueError(
+                f"code={self.code} must be smaller than the input size window**2 = {n_inputs} "
+                "(an auto-encoder needs a bottleneck); choose e.g. code=64"
+            )
+        if self.code > encoder[-1]:
+            raise ValueError(
+                f"code={self.code} is wider than the last encoder layer ({encoder[-1]}); "
+                f"use code <= {encoder[-1]} or widen the encoder"
+            )
+        for name in ("activation", "output_activation"):
+            value = getattr(self, name)
+            if value not in ACTIVATIONS:
+                raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(ACTIVATIONS)}")
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"unknown normalization {self.normalization!r}; use one of {NORMALIZATIONS}"
+            )
+        rate = self.learning_rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0 < rate < 1:
+            raise ValueError(f"learning_rate must be a number in (0, 1), got {rate!r}; try 1e-3")
+        object.__setattr__(self, "learning_rate", float(rate))
+        if not isinstance(self.name, str) or not self.name.replace("_", "").isalnum():
+            raise ValueError(
+                f"name must be a non-empty string of letters, digits and '_', got {self.name!r}"
+            )
+        if not isinstance(self.training, dict):
+            raise ValueError(f"training must be a dict, got {type(self.training).__name__}")
+        for key in ("n_samples", "epochs", "batch_size"):
+            if key in self.training:
+                _check_count(f"training[{key!r}]", self.training[key], minimum=1)
+        if "seed" in self.training and self.training["seed"] is not None:
+            _check_count("training['seed']", self.training["seed"], minimum=0)
+        try:
+            json.dumps(self.training)
+        except TypeError as error:
+            raise ValueError(f"training must be JSON-serialisable: {error}") from None
+
+    @property
+    def spacing_range(self) -> tuple[float, float]:
+        """Range (px) of the dominant lattice spacing the model was trained on.
+
+        Read from ``training["spacing_range"]``; a config without it falls back to the spacing
+        range of the paper distribution (:data:`stem_ae.simulate.PAPER`).
+        """
+        if "spacing_range" in self.training:
+            low, high = self.training["spacing_range"]
+        else:
+            from stem_ae.simulate import PAPER
+
+            low, high = PAPER.spacing_range
+        return float(low), float(high)
+
+    @property
+    def n_parameters(self) -> int:
+        """Number of trainable weights and biases of the network built from this config."""
+        widths = [self.window**2, *self.encoder, self.code, *self.encoder[::-1], self.window**2]
+        return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(widths))
+
+    def to_dict(self) -> dict:
+        """JSON-ready dictionary of every field (tuples become lists)."""
+        data = asdict(self)
+        data["encoder"] = list(self.encoder)
+        data["training"] = json.loads(json.dumps(self.training))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> AEConfig:
+        """Build a config from :meth:`to_dict` output; unknown keys raise ``ValueError``."""
+        if not isinstance(data, dict):
+            raise ValueError(f"an AEConfig is read from a dict, got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown AEConfig fields {unknown}; known fields: {sorted(known)}")
+        data = dict(data)
+        if "encoder" in data and isinstance(data["encoder"], list):
+            data["encoder"] = tuple(data["encoder"])
+        return cls(**data)
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Write the config as indented JSON to ``path``."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> AEConfig:
+        """Read a config written by :meth:`to_json`."""
+        try:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not a valid config.json: {error}") from None
+        return cls.from_dict(data)
+
+
+def build_autoencoder(config: AEConfig | None = None) -> keras.Sequential:
+    """Build and compile the dense stacked auto-encoder described by ``config``.
+
+    Parameters
+    ----------
+    config : AEConfig, optional
+        Architecture; ``AEConfig()`` when omitted.
+
+    Returns
+    -------
+    keras.Sequential
+        ``Input((w, w)) → Flatten → Dense(encoder…) → Dense(code) → Dense(reversed encoder…) →
+        Dense(w*w, output_activation) → Reshape((w, w))``, compiled with Adam and mean squared
+        error. Maps float32 arrays of shape (N, w, w) to (N, w, w). The config is attached, see
+        :func:`get_config`.
+
+    Examples
+    --------
+    >>> model = build_autoencoder(AEConfig(window=16, encoder=(64,), code=16))
+    >>> [layer.units for layer in model.layers if hasattr(layer, "units")]
+    [64, 16, 64, 256]
+    >>> model.output_shape
+    (None, 16, 16)
+    """
+    if config is None:
+        config = AEConfig()
+    if not isinstance(config, AEConfig):
+        raise TypeError(f"config must be an AEConfig, got {type(config).__name__}")
+    window = config.window
+    stack: list = [keras.Input(shape=(window, window), name="window"), layers.Flatten()]
+    for index, width in enumerate(config.encoder):
+        stack.append(layers.Dense(width, activation=config.activation, name=f"encoder_{index}"))
+    stack.append(layers.Dense(config.code, activation=config.activation, name="code"))
+    for index, width in enumerate(config.encoder[::-1]):
+        stack.append(layers.Dense(width, activation=config.activation, name=f"decoder_{index}"))
+    stack.append(layers.Dense(window * window, activation=config.output_activation, name="output"))
+    stack.append(layers.Reshape((window, window)))
+    model = keras.Sequential(stack, name=f"stem_ae_{config.name}")
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    _attach(model, config)
+    return model
+
+
+def _attach(model: keras.Model, config: AEConfig) -> None:
+    # object.__setattr__ bypasses Keras' attribute tracking: the config is plain metadata.
+    object.__setattr__(model, _CONFIG_ATTR, config)
+
+
+def get_config(model: keras.Model) -> AEConfig:
+    """The :class:`AEConfig` of a model built by :func:`build_autoencoder` or :func:`load_model`.
+
+    A foreign Keras model gets ``AEConfig(window=w)`` (``normalization="window"``), with ``w``
+    read from its (N, w, w) input shape.
+
+    Examples
+    --------
+    >>> get_config(build_autoencoder(AEConfig(name="demo"))).name
+    'demo'
+    """
+    config = getattr(model, _CONFIG_ATTR, None)
+    if isinstance(config, AEConfig):
+        return config
+    shape = tuple(model.input_shape)
+    if len(shape) != 3 or shape[1] != shape[2] or shape[1] is None:
+        raise ValueError(
+            f"model input shape {shape} is not (None, w, w); stem_ae models take square windows"
+        )
+    window = int(shape[1])
+    return AEConfig(window=window, code=min(AEConfig.code, window**2 - 1))
+
+
+def standardize(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Z-score each window by its own mean and standard deviation.
+
+    Parameters
+    ----------
+    windows : ndarray, shape (..., w, w)
+        Windows in any units (counts, arbitrary).
+
+    Returns
+    -------
+    z : ndarray, shape (..., w, w), float32
+        ``(windows - mu) / scale``.
+    mu : ndarray, shape (..., 1, 1), float32
+        Mean of each window.
+    scale : ndarray, shape (..., 1, 1), float32
+        ``std + eps`` with ``eps = 1e-6 * (|mu| + 1)``, so a flat window does not divide by zero.
+
+    Examples
+    --------
+    >>> windows = np.arange(8.0).reshape(2, 2, 2) * 100 + 33_000
+    >>> z, mu, scale = standardize(windows)
+    >>> np.allclose(unstandardize(z, mu, scale), windows)
+    True
+    >>> np.round(z[0], 2)
+    array([[-1.34, -0.45],
+           [ 0.45,  1.34]], dtype=float32)
+    """
+    windows = np.asarray(windows)
+    if windows.ndim < 2:
+        raise ValueError(f"windows must have shape (..., w, w), got {windows.shape}")
+    values = windows.astype(np.float64, copy=False)
+    mu = values.mean(axis=(-2, -1), keepdims=True)
+    scale = values.std(axis=(-2, -1), keepdims=True) + 1e-6 * (np.abs(mu) + 1)
+    z = (values - mu) / scale
+    return z.astype(np.float32), mu.astype(np.float32), scale.astype(np.float32)
+
+
+def unstandardize(z: np.ndarray, mu: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """Put standardised windows back into the units of :func:`standardize`'s input.
+
+    Parameters
+    ----------
+    z : ndarray, shape (..., w, w)
+    mu, scale : ndarray, shape (..., 1, 1)
+        As returned by :func:`standardize`.
+
+    Returns
+    -------
+    ndarray, shape (..., w, w), float32
+        ``z * scale + mu``.
+    """
+    return (np.asarray(z, np.float32) * scale + mu).astype(np.float32, copy=False)
+
+
+def predict_windows(
+    model: keras.Model, windows: np.ndarray, *, batch_size: int = 8192
+) -> np.ndarray:
+    """Run the auto-encoder on windows, applying the model's input convention.
+
+    Parameters
+    ----------
+    model : keras.Model
+        Maps (N, w, w) to (N, w, w).
+    windows : ndarray, shape (N, w, w)
+        Noisy windows in any units.
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    ndarray, shape (N, w, w), float32
+        Denoised windows, in the units of ``windows``.
+    """
+    windows = np.asarray(windows, dtype=np.float32)
+    config = get_config(model)
+    if windows.ndim != 3 or windows.shape[1:] != (config.window, config.window):
+        raise ValueError(
+            f"windows must have shape (N, {config.window}, {config.window}), got {windows.shape}"
+        )
+    if len(windows) == 0:
+        return windows.copy()
+    if config.normalization == "window":
+        z, mu, scale = standardize(windows)
+        out = _predict(model, z, batch_size)
+        return unstandardize(out, mu, scale)
+    return _predict(model, windows, batch_size)
+
+
+def _predict(model: keras.Model, inputs: np.ndarray, batch_size: int) -> np.ndarray:
+    outputs = [
+        np.asarray(model(inputs[start : start + batch_size], training=False))
+        for start in range(0, len(inputs), batch_size)
+    ]
+    return np.concatenate(outputs).astype(np.float32, copy=False)
+
+
+def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
+    """Save a model as a folder holding ``model.keras`` and ``config.json``.
+
+    The folder is written under a temporary name beside ``path`` and renamed into place, so an
+    interrupted save never leaves a half-written model; an existing folder at ``path`` is
+    replaced. The optimizer state is not saved (the file holds only the weights, a few MB).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A model from :func:`build_autoencoder`, :func:`load_model` or :func:`stem_ae.train.train`.
+    path : str or PathLike
+        Folder to create (e.g. ``models/my_model``).
+
+    Returns
+    -------
+    Path
+        The folder.
+    """
+    path = Path(path)
+    if path.suffix == ".keras":
+        raise ValueError(
+            f"save_model writes a folder (model.keras + config.json), got a file name {path}; "
+            f"pass {path.with_suffix('')} instead"
+        )
+    config = get_config(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        fresh = build_autoencoder(config)
+        try:
+            fresh.set_weights(model.get_weights())
+        except ValueError:
+            fresh = model  # not one of ours: save it as it is
+        fresh.save(temporary / _MODEL_FILE)
+        config.to_json(temporary / _CONFIG_FILE)
+        if path.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(temporary, path)
+            shutil.rmtree(old)
+        else:
+            os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            shutil.rmtree(temporary)
+    return path
+
+
+def available_models() -> list[str]:
+    """Names of the models shipped inside the package (e.g. ``["general", "paper"]``).
+
+    Examples
+    --------
+    >>> isinstance(available_models(), list)
+    True
+    """
+    root = resources.files("stem_ae") / "models"
+    if not root.is_dir():
+        return []
+    return sorted(
+        entry.name
+        for entry in root.iterdir()
+        if entry.is_dir() and (entry / _MODEL_FILE).is_file() and (entry / _CONFIG_FILE).is_file()
+    )
+
+
+def load_model(name_or_path: str | os.PathLike = "general") -> keras.Model:
+    """Load a shipped model by name, or a saved model from a folder or ``.keras`` file.
+
+    Parameters
+    ----------
+    name_or_path : str or PathLike
+        A shipped model's name (see :func:`available_models`: ``"paper"``, ``"general"``), a
+        folder written by :func:`save_model`, or a ``.keras`` file (its ``config.json`` is read
+        from the same folder when present).
+
+    Returns
+    -------
+    keras.Model
+        Compiled, with its :class:`AEConfig` attached (:func:`get_config`). Shipped models are
+        cached: loading the same name twice returns the same object.
+
+    Raises
+    ------
+    ValueError
+        For an unknown name (the message lists the available ones) or a file that is not a
+        Keras model.
+    """
+    if isinstance(name_or_path, str) and name_or_path in available_models():
+        return _load_shipped(name_or_path)
+    path = Path(name_or_path)
+    if not path.exists():
+        raise ValueError(
+            f"no shipped model or file named {str(name_or_path)!r}; shipped models: "
+            f"{', '.join(available_models()) or 'none'} (or pass a folder/.keras path)"
+        )
+    return _load_path(path)
+
+
+@functools.cache
+def _load_shipped(name: str) -> keras.Model:
+    with resources.as_file(resources.files("stem_ae") / "models" / name) as folder:
+        return _load_path(Path(folder))
+
+
+def _load_path(path: Path) -> keras.Model:
+    model_file = path / _MODEL_FILE if path.is_dir() else path
+    config_file = model_file.parent / _CONFIG_FILE
+    if not model_file.is_file():
+        raise ValueError(f"{path} holds no {_MODEL_FILE}; pass a folder written by save_model")
+    if model_file.suffix != ".keras" or not zipfile.is_zipfile(model_file):
+        raise ValueError(f"{model_file} is not a Keras model file (.keras archive)")
+    try:
+        model = keras.saving.load_model(model_file, compile=False)
+    except Exception as error:  # Keras raises many kinds for a corrupt archive
+        raise ValueError(f"{model_file} could not be read as a Keras model: {error}") from error
+    config = AEConfig.from_json(config_file) if config_file.is_file() else get_config(model)
+    # The optimizer state is not saved: compile afresh, ready for fine-tuning.
+    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    _attach(model, config)
+    return model

@@ -1,0 +1,448 @@
+"""Streamed training of the stacked auto-encoder on simulated windows, and its error metrics.
+
+Training windows are never stored: :class:`WindowStream` draws them from
+:func:`stem_ae.simulate.training_batch` on the fly, in blocks of many batches that a background
+thread prepares while Keras trains on the previous block. Every block is seeded by
+``(seed, epoch, block index)``, so a run is reproducible and two epochs never see the same
+windows. The test set comes from its own, independent seed stream (:func:`make_test_set`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import keras
+import numpy as np
+
+from stem_ae.model import (
+    AEConfig,
+    build_autoencoder,
+    predict_windows,
+    standardize,
+)
+
+__all__ = [
+    "RECIPES",
+    "WindowStream",
+    "error_metrics",
+    "evaluate",
+    "make_test_set",
+    "resolve_distribution",
+    "train",
+    "train_recipe",
+]
+
+# Seed-sequence tags: training blocks use (seed, epoch, block), test sets (_TEST_TAG, seed).
+_TEST_TAG = 0x7E57
+
+#: The exact recipes of the shipped models: ``train_recipe(name)`` reproduces ``models/<name>``.
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {
+        "config": AEConfig(encoder=(512, 256, 128), code=64, name="paper"),
+        "distribution": "paper",
+        "n_samples": 700_000,
+        "epochs": 6,
+        "batch_size": 512,
+        "seed": 0,
+    },
+    "general": {
+        "config": AEConfig(encoder=(512, 256, 128), code=64, name="general"),
+        "distribution": "general",
+        "n_samples": 700_000,
+        "epochs": 6,
+        "batch_size": 512,
+        "seed": 1,
+    },
+}
+
+
+def resolve_distribution(distribution: Any):
+    """Return a ``TrainingDistribution``: pass one through, or look up ``"paper"``/``"general"``.
+
+    Also accepts the dict written by ``TrainingDistribution.to_dict()``.
+    """
+    from stem_ae import simulate
+
+    if isinstance(distribution, simulate.TrainingDistribution):
+        return distribution
+    if isinstance(distribution, dict):
+        return simulate.TrainingDistribution.from_dict(distribution)
+    named = {"paper": simulate.PAPER, "general": simulate.GENERAL}
+    if isinstance(distribution, str) and distribution.lower() in named:
+        return named[distribution.lower()]
+    raise ValueError(
+        f"unknown training distribution {distribution!r}; pass 'paper', 'general' or a "
+        "stem_ae.simulate.TrainingDistribution"
+    )
+
+
+def _standardized_pair(noisy: np.ndarray, clean: np.ndarray, normalization: str):
+    """Model input and target for (noisy, clean) windows under the model input convention."""
+    if normalization == "window":
+        z, mu, scale = standardize(noisy)
+        target = ((clean - mu) / scale).astype(np.float32)
+        return z, target
+    return noisy.astype(np.float32, copy=False), clean.astype(np.float32, copy=False)
+
+
+class WindowStream(keras.utils.PyDataset):
+    """Keras dataset of simulated (input, target) batches, drawn on the fly.
+
+    Parameters
+    ----------
+    n_samples : int
+        Windows per epoch.
+    batch_size : int
+        Windows per batch; the last batch of an epoch may be shorter.
+    distribution : TrainingDistribution or str
+        What :func:`stem_ae.simulate.training_batch` draws from (``"paper"``, ``"general"``).
+    seed : int
+        Block ``k`` of epoch ``e`` is drawn with ``numpy.random.default_rng([seed, e, k])``.
+    window : int
+        Window side, px.
+    normalization : str
+        ``"window"`` standardises input and target by the noisy window's mean and std.
+    block_size : int
+        Windows simulated at once (rounded to whole batches); a background thread prepares the
+        next block while the current one is consumed. Memory: about ``block_size * window**2
+        * 16`` bytes for two blocks of inputs and targets.
+
+    Notes
+    -----
+    The epoch counter advances in :meth:`on_epoch_end`, which Keras calls after every epoch.
+    Call :meth:`close` (``train`` does) to stop the background thread.
+    """
+
+    def __init__(
+        self,
+        n_samples: int,
+        batch_size: int,
+        *,
+        distribution: Any = "paper",
+        seed: int = 0,
+        window: int = 28,
+        normalization: str = "window",
+        block_size: int = 32_768,
+    ) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.n_samples = int(n_samples)
+        self.batch_size = int(min(batch_size, n_samples))
+        self.distribution = resolve_distribution(distribution)
+        self.seed = int(seed)
+        self.window = int(window)
+        self.normalization = normalization
+        self.batches_per_block = max(1, int(block_size) // self.batch_size)
+        self.epoch = 0
+        self._lock = threading.Lock()
+        self._blocks: dict[tuple[int, int], Future] = {}
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="stem_ae_stream")
+
+    @property
+    def num_batches(self) -> int:
+        return math.ceil(self.n_samples / self.batch_size)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    @property
+    def n_blocks(self) -> int:
+        """Blocks per epoch."""
+        return math.ceil(self.num_batches / self.batches_per_block)
+
+    def draw_block(self, epoch: int, block: int) -> tuple[np.ndarray, np.ndarray]:
+        """Simulate and standardise block ``block`` of epoch ``epoch``.
+
+        Returns
+        -------
+        inputs, targets : ndarray, shape (M, window, window), float32
+        """
+        from stem_ae.simulate import training_batch
+
+        start = block * self.batches_per_block * self.batch_size
+        size = min(self.batches_per_block * self.batch_size, self.n_samples - start)
+        rng = np.random.default_rng([self.seed, epoch, block])
+        noisy, clean = training_batch(
+            size, rng=rng, window=self.window, distribution=self.distribution
+        )
+        return _standardized_pair(
+            np.asarray(noisy, np.float32), np.asarray(clean, np.float32), self.normalization
+        )
+
+    def _future(self, epoch: int, block: int) -> Future:
+        key = (epoch, block)
+        if key not in self._blocks:
+            self._blocks[key] = self._executor.submit(self.draw_block, epoch, block)
+        return self._blocks[key]
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if not 0 <= index < self.num_batches:
+            raise IndexError(f"batch index {index} out of range(0, {self.num_batches})")
+        block, offset = divmod(index, self.batches_per_block)
+        with self._lock:
+            epoch = self.epoch
+            future = self._future(epoch, block)
+            following = (epoch, block + 1) if block + 1 < self.n_blocks else (epoch + 1, 0)
+            self._future(*following)
+            for key in [key for key in self._blocks if key < (epoch, block)]:
+                del self._blocks[key]
+        inputs, targets = future.result()
+        rows = slice(offset * self.batch_size, (offset + 1) * self.batch_size)
+        return inputs[rows], targets[rows]
+
+    def on_epoch_end(self) -> None:
+        with self._lock:
+            self.epoch += 1
+
+    def close(self) -> None:
+        """Stop the background thread and drop the cached blocks."""
+        with self._lock:
+            for future in self._blocks.values():
+                future.cancel()
+            self._blocks.clear()
+        self._executor.shutdown(wait=True)
+
+
+def make_test_set(
+    n: int, *, distribution: Any = "paper", seed: int = 0, window: int = 28
+) -> tuple[np.ndarray, np.ndarray]:
+    """A fixed test set, drawn from a seed stream independent of every training stream.
+
+    Parameters
+    ----------
+    n : int
+        Number of windows.
+    distribution : TrainingDistribution or str
+        ``"paper"``, ``"general"`` or a ``TrainingDistribution``.
+    seed : int
+        Test-set seed; the windows come from ``numpy.random.default_rng([0x7E57, seed])``, which
+        no training block (seeded ``[seed, epoch, block]``) can reproduce.
+    window : int
+        Window side, px.
+
+    Returns
+    -------
+    noisy, clean : ndarray, shape (n, window, window), float32
+    """
+    from stem_ae.simulate import training_batch
+
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    rng = np.random.default_rng([_TEST_TAG, int(seed)])
+    noisy, clean = training_batch(
+        int(n), rng=rng, window=window, distribution=resolve_distribution(distribution)
+    )
+    return np.asarray(noisy, np.float32), np.asarray(clean, np.float32)
+
+
+def train(
+    config: AEConfig | None = None,
+    *,
+    distribution: Any = "paper",
+    n_samples: int = 700_000,
+    epochs: int = 6,
+    batch_size: int = 512,
+    seed: int = 0,
+    callbacks: Sequence[keras.callbacks.Callback] | None = None,
+    validation: int | tuple[np.ndarray, np.ndarray] | None = None,
+    schedule: str = "cosine",
+    block_size: int = 32_768,
+    verbose: int = 0,
+) -> tuple[keras.Sequential, keras.callbacks.History]:
+    """Train an auto-encoder on windows streamed from the simulator.
+
+    Parameters
+    ----------
+    config : AEConfig, optional
+        Architecture (``AEConfig()`` when omitted). The returned model carries a copy whose
+        ``training`` field records the distribution and every argument below.
+    distribution : TrainingDistribution or str
+        ``"paper"`` (SrTiO3, uniform noise at SNR 0.33), ``"general"`` or a
+        ``TrainingDistribution``.
+    n_samples : int
+        Fresh windows per epoch (the paper: 700,000).
+    epochs : int
+        Passes; each draws new windows.
+    batch_size : int
+        Windows per gradient step.
+    seed : int
+        Seeds Keras (weights, via ``keras.utils.set_random_seed``) and the window stream.
+    callbacks : list of keras.callbacks.Callback, optional
+        Progress reporting, early stopping, etc. The library itself never prints.
+    validation : int or (noisy, clean), optional
+        Windows to report ``val_loss`` on after every epoch: a number of windows drawn by
+        :func:`make_test_set` (test seed ``seed``), or arrays of shape (N, w, w).
+    schedule : {"cosine", "constant"}
+        Learning rate: cosine decay from ``config.learning_rate`` to 5 % of it over the run,
+        or constant.
+    block_size : int
+        Windows simulated at once, see :class:`WindowStream`.
+    verbose : int
+        Passed to ``Model.fit``; 0 (silent) by default.
+
+    Returns
+    -------
+    model : keras.Sequential
+        Trained; ``get_config(model).training`` records how.
+    history : keras.callbacks.History
+        ``history.history["loss"]`` per epoch (mean squared error of standardised windows).
+
+    Raises
+    ------
+    ValueError
+        For non-positive ``n_samples``, ``epochs`` or ``batch_size``, or an unknown schedule.
+    """
+    if config is None:
+        config = AEConfig()
+    for name, value in (("n_samples", n_samples), ("epochs", epochs), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    distribution = resolve_distribution(distribution)
+    record = {
+        **distribution.to_dict(),
+        "n_samples": int(n_samples),
+        "epochs": int(epochs),
+        "batch_size": int(batch_size),
+        "seed": int(seed),
+        "schedule": schedule,
+    }
+    config = dataclasses.replace(config, training=record)
+
+    keras.utils.set_random_seed(seed)
+    model = build_autoencoder(config)
+    stream = WindowStream(
+        n_samples,
+        batch_size,
+        distribution=distribution,
+        seed=seed,
+        window=config.window,
+        normalization=config.normalization,
+        block_size=block_size,
+    )
+    if schedule == "cosine":
+        rate = keras.optimizers.schedules.CosineDecay(
+            config.learning_rate, decay_steps=epochs * stream.num_batches, alpha=0.05
+        )
+        model.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
+    validation_data = None
+    if validation is not None:
+        if isinstance(validation, (int, np.integer)):
+            noisy, clean = make_test_set(
+                int(validation), distribution=distribution, seed=seed, window=config.window
+            )
+        else:
+            noisy, clean = (np.asarray(array, np.float32) for array in validation)
+        validation_data = _standardized_pair(noisy, clean, config.normalization)
+    try:
+        history = model.fit(
+            stream,
+            epochs=epochs,
+            callbacks=list(callbacks or []),
+            validation_data=validation_data,
+            shuffle=False,  # the stream is random already; in order, each block is drawn once
+            verbose=verbose,
+        )
+    finally:
+        stream.close()
+    return model, history
+
+
+def train_recipe(name: str, **overrides: Any) -> tuple[keras.Sequential, keras.callbacks.History]:
+    """Train a shipped model's recipe (:data:`RECIPES`), optionally overriding arguments.
+
+    ``train_recipe("paper")`` retrains ``stem_ae/models/paper``; keyword arguments of
+    :func:`train` (``epochs=1``, ``callbacks=[...]``) override the recipe.
+    """
+    if name not in RECIPES:
+        raise ValueError(f"unknown recipe {name!r}; recipes: {', '.join(sorted(RECIPES))}")
+    arguments = {**RECIPES[name], **overrides}
+    config = arguments.pop("config")
+    return train(config, **arguments)
+
+
+def error_metrics(output: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+    """Error of denoised windows against the noise-free truth.
+
+    Parameters
+    ----------
+    output, clean : ndarray, shape (N, w, w)
+        Denoised windows and their truth, in the same units.
+
+    Returns
+    -------
+    dict
+        ``per_pixel_error``: the paper's figure, mean ``|output - truth|`` after dividing both by
+        the truth's per-window maximum (so truth peaks at 1); ``relative_l1``:
+        ``sum|output - truth| / sum|truth|``; ``rmse``: root mean square error on the same
+        max-1 scale; ``psnr``: mean per-window PSNR in dB with ``data_range`` the truth's
+        per-window range; ``ssim``: mean per-window SSIM (``skimage.metrics``, same range);
+        ``n_windows``.
+
+    Examples
+    --------
+    >>> clean = np.ones((2, 8, 8)); clean[:, 0, 0] = 2.0
+    >>> round(error_metrics(clean + 0.2, clean)["per_pixel_error"], 3)
+    0.1
+    """
+    from skimage.metrics import structural_similarity
+
+    output = np.asarray(output, np.float64)
+    clean = np.asarray(clean, np.float64)
+    if output.shape != clean.shape or clean.ndim != 3:
+        raise ValueError(
+            f"output and clean must both have shape (N, w, w), got {output.shape} and {clean.shape}"
+        )
+    peak = np.abs(clean).max(axis=(1, 2), keepdims=True)
+    if np.any(peak == 0):
+        raise ValueError("a truth window is all zeros; the per-pixel error needs a peak > 0")
+    difference = np.abs(output - clean)
+    normalised = difference / peak
+    value_range = np.ptp(clean, axis=(1, 2))
+    value_range = np.where(value_range > 0, value_range, peak[:, 0, 0])
+    mse = (difference**2).mean(axis=(1, 2))
+    with np.errstate(divide="ignore"):
+        psnr = 10 * np.log10(value_range**2 / mse)
+    ssim = [
+        structural_similarity(truth, guess, data_range=float(span))
+        for truth, guess, span in zip(clean, output, value_range, strict=True)
+    ]
+    return {
+        "per_pixel_error": float(normalised.mean()),
+        "relative_l1": float(difference.sum() / np.abs(clean).sum()),
+        "rmse": float(np.sqrt((normalised**2).mean())),
+        "psnr": float(psnr.mean()),
+        "ssim": float(np.mean(ssim)),
+        "n_windows": len(clean),
+    }
+
+
+def evaluate(
+    model: keras.Model, noisy: np.ndarray, clean: np.ndarray, *, batch_size: int = 8192
+) -> dict[str, float]:
+    """Denoise windows with ``model`` and score them against the truth (:func:`error_metrics`).
+
+    Parameters
+    ----------
+    model : keras.Model
+        A stem_ae auto-encoder; its input convention (``get_config(model).normalization``) is
+        applied.
+    noisy, clean : ndarray, shape (N, w, w)
+        E.g. from :func:`make_test_set`.
+    batch_size : int
+        Windows per forward pass.
+
+    Returns
+    -------
+    dict
+        See :func:`error_metrics`.
+    """
+    return error_metrics(predict_windows(model, noisy, batch_size=batch_size), clean)

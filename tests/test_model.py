@@ -1,0 +1,230 @@
+"""Tests of stem_ae.model: the config, the Sequential builder, saving, loading, shipped models."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from importlib import resources
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from stem_ae.model import (
+    AEConfig,
+    available_models,
+    build_autoencoder,
+    get_config,
+    load_model,
+    predict_windows,
+    save_model,
+    standardize,
+    unstandardize,
+)
+
+SHIPPED = ("paper", "general")
+needs_shipped = pytest.mark.skipif(
+    not set(SHIPPED) <= set(available_models()),
+    reason="shipped models not trained yet (run benchmarks/train_shipped.py)",
+)
+TINY = AEConfig(window=12, encoder=(32, 16), code=8, name="tiny")
+
+
+def test_builder_is_a_sequential_of_allowed_layers_with_configured_widths():
+    config = AEConfig(encoder=(300, 200, 100), code=40, activation="elu")
+    model = build_autoencoder(config)
+    assert isinstance(model, keras.Sequential)
+    kinds = {type(layer) for layer in model.layers}
+    assert kinds <= {keras.layers.Flatten, keras.layers.Dense, keras.layers.Reshape}
+    dense = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)]
+    assert [layer.units for layer in dense] == [300, 200, 100, 40, 100, 200, 300, 784]
+    assert all(layer.activation.__name__ == "elu" for layer in dense[:-1])
+    assert dense[-1].activation.__name__ == "linear"
+    assert isinstance(model.layers[0], keras.layers.Flatten)
+    assert isinstance(model.layers[-1], keras.layers.Reshape)
+    assert model.input_shape == (None, 28, 28)
+    assert model.output_shape == (None, 28, 28)
+    assert model.count_params() == config.n_parameters
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert model.loss == "mse"
+    assert get_config(model) is config
+
+
+def test_default_config_is_the_documented_architecture():
+    config = AEConfig()
+    assert (config.window, config.encoder, config.code) == (28, (512, 256, 128), 64)
+    assert config.normalization == "window"
+    assert config.output_activation == "linear"
+    assert config.n_parameters == build_autoencoder(config).count_params()
+
+
+def test_config_round_trips_through_dict_and_json(tmp_path):
+    training = {"name": "paper", "spacing_range": [7.5, 9.5], "n_samples": 100, "seed": 3}
+    config = AEConfig(encoder=[256, 64], code=16, activation="tanh", training=training)
+    assert config.encoder == (256, 64)
+    assert AEConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    config.to_json(tmp_path / "config.json")
+    again = AEConfig.from_json(tmp_path / "config.json")
+    assert again == config
+    assert again.spacing_range == (7.5, 9.5)
+
+
+def test_spacing_range_falls_back_to_the_paper_distribution():
+    from stem_ae.simulate import PAPER
+
+    assert AEConfig().spacing_range == tuple(float(value) for value in PAPER.spacing_range)
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        ({"code": 784}, "smaller than the input size"),
+        ({"window": 8, "encoder": (128,), "code": 64}, "smaller than the input size"),
+        ({"code": 200}, "wider than the last encoder layer"),
+        ({"encoder": (128, 256)}, "must not increase"),
+        ({"encoder": ()}, "at least one"),
+        ({"encoder": (512, 0)}, "encoder width"),
+        ({"window": 6}, "window must be an integer >= 8"),
+        ({"window": 28.5}, "window must be an integer"),
+        ({"activation": "relux"}, "unknown activation"),
+        ({"output_activation": "softmax"}, "unknown output_activation"),
+        ({"normalization": "global"}, "unknown normalization"),
+        ({"learning_rate": 0.0}, "learning_rate"),
+        ({"name": "has space"}, "name must be"),
+        ({"training": {"epochs": -1}}, "training['epochs']"),
+        ({"training": {"n_samples": 0}}, "training['n_samples']"),
+        ({"training": {"seed": object()}}, "training['seed']"),
+    ],
+)
+def test_bad_configs_raise_value_error_naming_the_fix(arguments, fragment):
+    with pytest.raises(ValueError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        AEConfig(**arguments)
+
+
+def test_from_dict_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown AEConfig fields"):
+        AEConfig.from_dict({"window": 28, "depth": 3})
+
+
+def test_save_then_load_gives_identical_predictions_and_config(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_autoencoder(TINY)
+    windows = np.random.default_rng(0).normal(size=(5, 12, 12)).astype(np.float32)
+    folder = save_model(model, tmp_path / "tiny")
+    assert sorted(path.name for path in folder.iterdir()) == ["config.json", "model.keras"]
+    for path in (folder, folder / "model.keras"):
+        loaded = load_model(path)
+        assert get_config(loaded) == TINY
+        np.testing.assert_array_equal(loaded.predict(windows, verbose=0), model(windows).numpy())
+    model.layers[1].kernel.assign(np.zeros(model.layers[1].kernel.shape))
+    save_model(model, folder)  # overwrite in place
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["tiny"]  # no temporary left
+    np.testing.assert_array_equal(
+        load_model(folder).predict(windows, verbose=0), model(windows).numpy()
+    )
+
+
+def test_save_model_refuses_a_file_name(tmp_path):
+    with pytest.raises(ValueError, match="writes a folder"):
+        save_model(build_autoencoder(TINY), tmp_path / "model.keras")
+
+
+def test_load_model_rejects_unknown_names_and_non_models(tmp_path):
+    with pytest.raises(ValueError, match="shipped models") as info:
+        load_model("no_such_model")
+    for name in available_models():
+        assert name in str(info.value)
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "model.keras").write_text("not a model")
+    with pytest.raises(ValueError, match="not a Keras model"):
+        load_model(tmp_path / "bad")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match=r"holds no model\.keras"):
+        load_model(tmp_path / "empty")
+
+
+def test_get_config_of_a_foreign_model_uses_window_normalization():
+    foreign = keras.Sequential(
+        [keras.Input(shape=(16, 16)), keras.layers.Flatten(), keras.layers.Reshape((16, 16))]
+    )
+    config = get_config(foreign)
+    assert config.window == 16
+    assert config.normalization == "window"
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    arrays(np.float64, (3, 6, 6), elements=st.floats(-1e4, 1e4)),
+    st.floats(1e-3, 1e3),
+    st.floats(-4e4, 4e4),
+)
+def test_standardize_round_trips_and_ignores_offset_and_gain(windows, gain, offset):
+    z, mu, scale = standardize(windows)
+    assert z.dtype == np.float32 and mu.shape == scale.shape == (3, 1, 1)
+    assert np.all(scale > 0)
+    span = np.abs(windows).max() + 1
+    np.testing.assert_allclose(unstandardize(z, mu, scale), windows, atol=1e-5 * span + 1e-3)
+    z2, _, _ = standardize(windows * gain + offset)
+    spread = windows.std(axis=(1, 2))
+    significant = spread > 1e-2 * (np.abs(windows).max(axis=(1, 2)) + abs(offset) / gain + 1)
+    np.testing.assert_allclose(z2[significant], z[significant], atol=2e-2)
+
+
+def test_predict_windows_applies_the_window_convention():
+    keras.utils.set_random_seed(1)
+    model = build_autoencoder(TINY)
+    windows = np.random.default_rng(2).normal(size=(4, 12, 12)).astype(np.float32)
+    shifted = predict_windows(model, windows * 7 + 33_000)
+    np.testing.assert_allclose(shifted, predict_windows(model, windows) * 7 + 33_000, atol=0.05)
+    with pytest.raises(ValueError, match=r"shape \(N, 12, 12\)"):
+        predict_windows(model, windows[:, :10])
+
+
+@needs_shipped
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_load_by_name_with_their_training_record(name):
+    model = load_model(name)
+    assert load_model(name) is model  # cached
+    config = get_config(model)
+    assert config.name == name
+    assert config.normalization == "window"
+    assert model.input_shape == (None, config.window, config.window)
+    for key in ("spacing_range", "n_samples", "epochs", "seed", "batch_size"):
+        assert key in config.training
+    assert config.training["name"] == name
+    low, high = config.spacing_range
+    assert 0 < low < high
+    folder = resources.files("stem_ae") / "models" / name
+    assert (folder / "model.keras").is_file() and (folder / "config.json").is_file()
+    assert (Path(str(folder)) / "model.keras").stat().st_size < 20e6
+
+
+@needs_shipped
+def test_shipped_model_loads_from_the_installed_package_outside_the_source_tree(tmp_path):
+    code = (
+        "import pathlib, stem_ae\n"
+        "from stem_ae.model import get_config\n"
+        "model = stem_ae.load_model('paper')\n"
+        "print(get_config(model).name, pathlib.Path(stem_ae.__file__).parent)\n"
+    )
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    environment.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    name, package = result.stdout.split()[-2:]
+    assert name == "paper"
+    assert Path(package).resolve() != tmp_path.resolve()
