@@ -49,6 +49,7 @@ __all__ = [
     "plot_noise_models",
     "plot_reconstruction",
     "plot_triplets",
+    "plot_windows",
     "save_figure",
     "scale_bar_length",
 ]
@@ -310,6 +311,7 @@ def plot_triplets(
     truth: np.ndarray,
     *,
     errors: Sequence[float] | np.ndarray | None = None,
+    difference: bool = False,
     ax: np.ndarray | Sequence[Sequence[Axes]] | None = None,
 ) -> Figure:
     """Figure 2: rows of noisy input, auto-encoder output and truth for independent windows.
@@ -323,8 +325,11 @@ def plot_triplets(
     errors : sequence of float, shape (n,), optional
         Per-pixel error of each window (mean |output − truth| with truth normalised to maximum 1),
         written above its output.
-    ax : array of Axes, shape (3, n), optional
-        Axes to draw into (rows noisy, output, truth); by default a new figure.
+    difference : bool
+        Add a fourth row, ``|output − truth|`` divided by the truth's maximum (the per-pixel
+        error drawn), on one colour scale for all windows with a colour bar.
+    ax : array of Axes, shape (3, n) (or (4, n) with ``difference``), optional
+        Axes to draw into (rows noisy, output, truth[, difference]); by default a new figure.
 
     Returns
     -------
@@ -353,26 +358,84 @@ def plot_triplets(
         errors = np.asarray(errors, dtype=np.float64).ravel()
         if errors.shape != (n,):
             raise ValueError(f"errors must have one value per window ({n}), got {errors.shape}")
+    row_names = ["noisy input", "AE output", "truth"]
+    if difference:
+        peak = np.abs(stacks[2]).max(axis=(1, 2), keepdims=True)
+        stacks.append(np.abs(stacks[1] - stacks[2]) / np.where(peak > 0, peak, 1.0))
+        row_names.append("|output − truth|")
+    rows = len(row_names)
     if ax is None:
-        fig = new_figure(1.1 * n + 0.6, 3.6)
-        axes = np.asarray(fig.subplots(3, n, squeeze=False))
+        fig = new_figure(1.05 * n + 0.7, 1.15 * rows + 0.2)
+        axes = np.asarray(fig.subplots(rows, n, squeeze=False))
     else:
-        axes = np.asarray(ax, dtype=object).reshape(3, -1)
-        if axes.shape[1] != n:
-            raise ValueError(f"ax must hold 3 x {n} axes, got shape {np.shape(ax)}")
+        axes = np.asarray(ax, dtype=object)
+        if axes.size != rows * n:
+            raise ValueError(f"ax must hold {rows} x {n} axes, got shape {np.shape(ax)}")
+        axes = axes.reshape(rows, n)
         fig = _root(axes[0, 0].figure)
-    row_names = ("noisy input", "AE output", "truth")
+    difference_limits = (0.0, max(_limits(stacks[3])[1], 1e-12)) if difference else None
     for j in range(n):
         truth_limits = _limits(stacks[2][j], percentile=0.0)
-        for i in range(3):
-            title = None
-            if i == 1 and errors is not None:
-                title = f"error {errors[j]:.3f}"
-            _show(axes[i, j], stacks[i][j], limits=None if i == 0 else truth_limits, title=title)
-        for i, name in enumerate(row_names):
-            if j == 0:
-                axes[i, j].set_ylabel(name)
+        for i in range(rows):
+            title = f"error {errors[j]:.3f}" if i == 1 and errors is not None else None
+            limits = (None, truth_limits, truth_limits, difference_limits)[i]
+            cmap = _UNCERTAINTY_CMAP if i == 3 else None
+            _show(axes[i, j], stacks[i][j], limits=limits, title=title, cmap=cmap)
+    for i, name in enumerate(row_names):
+        axes[i, 0].set_ylabel(name)
+    if difference:
+        bar = fig.colorbar(axes[3, -1].get_images()[0], ax=list(axes[3]), shrink=0.9, pad=0.01)
+        bar.set_label("error (of max)")
     return fig
+
+
+@_styled
+def plot_windows(
+    rows: Mapping[str, np.ndarray],
+    *,
+    limits: str = "window",
+    fig: Figure | SubFigure | None = None,
+) -> Figure:
+    """A grid of windows: one labelled row per stack (e.g. clean and noisy training windows).
+
+    Parameters
+    ----------
+    rows : mapping of str to ndarray, shape (n, H, W)
+        Row label to its windows; every stack has the same shape.
+    limits : {"window", "column"}
+        Grey scale of each window on its own robust range, or shared down each column (the range
+        of the first row), so that e.g. a clean window and its noisy version compare directly.
+    fig : Figure or SubFigure, optional
+        Where to draw; by default a new figure.
+
+    Returns
+    -------
+    Figure
+
+    Examples
+    --------
+    >>> fig = plot_windows({"clean": np.zeros((5, 28, 28)), "noisy": np.ones((5, 28, 28))})
+    >>> len(fig.axes), fig.axes[5].get_ylabel()
+    (10, 'noisy')
+    """
+    if not isinstance(rows, Mapping) or not rows:
+        raise ValueError("rows must be a non-empty mapping of row label to (n, H, W) windows")
+    if limits not in ("window", "column"):
+        raise ValueError(f"limits must be 'window' or 'column', got {limits!r}")
+    stacks = {str(k): _as_stack(v, f"rows[{k!r}]") for k, v in rows.items()}
+    shapes = {s.shape for s in stacks.values()}
+    if len(shapes) != 1:
+        raise ValueError(f"every row must have the same shape, got {sorted(shapes)}")
+    first = next(iter(stacks.values()))
+    n = first.shape[0]
+    target = _target(fig, 1.05 * n + 0.5, 1.1 * len(stacks) + 0.1)
+    axes = np.asarray(target.subplots(len(stacks), n, squeeze=False))
+    for i, (name, stack) in enumerate(stacks.items()):
+        for j in range(n):
+            shared = _limits(first[j]) if limits == "column" else None
+            _show(axes[i, j], stack[j], limits=shared)
+        axes[i, 0].set_ylabel(name)
+    return _root(target)
 
 
 def _as_panels(denoised: np.ndarray | Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -63,6 +63,31 @@ def test_plot_triplets_draws_into_given_axes_and_checks_shapes(rng):
         plotting.plot_triplets(truth, truth, truth, ax=host.subplots(3, 3))
 
 
+def test_plot_triplets_difference_row_draws_the_normalised_error(rng):
+    truth = 2.0 * rng.random((3, 28, 28))
+    output = truth + 0.1
+    fig = plotting.plot_triplets(truth, output, truth, difference=True)
+    images = _images(fig)
+    assert len(images) == 12
+    for j in range(3):
+        expected = np.abs(output[j] - truth[j]) / truth[j].max()
+        np.testing.assert_allclose(images[9 + j].get_array(), expected)
+    assert images[9].get_clim() == images[11].get_clim()  # one scale for the whole error row
+    assert "error" in fig.axes[-1].get_ylabel()  # the colour bar
+
+
+def test_plot_windows_rows_and_shared_column_scale(rng):
+    clean = rng.random((4, 28, 28))
+    noisy = clean + rng.normal(size=clean.shape)
+    fig = plotting.plot_windows({"clean": clean, "noisy": noisy}, limits="column")
+    images = _images(fig)
+    assert [fig.axes[i * 4].get_ylabel() for i in range(2)] == ["clean", "noisy"]
+    for j in range(4):
+        assert images[j].get_clim() == images[4 + j].get_clim()
+    with pytest.raises(ValueError, match="same shape"):
+        plotting.plot_windows({"clean": clean, "noisy": noisy[:2]})
+
+
 @pytest.mark.parametrize(
     ("width_px", "pixel_size"), [(512, 0.153), (512, 0.2), (64, 0.1), (1000, 0.3), (28, 1.0)]
 )
