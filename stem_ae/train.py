@@ -29,6 +29,7 @@ from stem_ae.model import (
 __all__ = [
     "RECIPES",
     "WindowStream",
+    "draw_pool",
     "error_metrics",
     "evaluate",
     "make_test_set",
@@ -39,6 +40,7 @@ __all__ = [
 
 # Seed-sequence tags: training blocks use (seed, epoch, block), test sets (_TEST_TAG, seed).
 _TEST_TAG = 0x7E57
+_POOL_TAG = 0x9001
 
 #: The exact recipes of the shipped models: ``train_recipe(name)`` reproduces ``models/<name>``.
 RECIPES: dict[str, dict[str, Any]] = {
@@ -112,6 +114,12 @@ class WindowStream(keras.utils.PyDataset):
         next block while the current one is consumed. Memory: about ``block_size * window**2
         * 16`` bytes for two blocks of inputs and targets.
 
+    pool : (noisy, clean), optional
+        Pre-drawn windows, arrays of shape (P, window, window) (see :func:`draw_pool`). When
+        given, every block resamples the pool with replacement and flips each window up–down
+        and/or left–right at random (flips keep scan lines horizontal), instead of simulating:
+        for distributions too slow to simulate at training speed.
+
     Notes
     -----
     The epoch counter advances in :meth:`on_epoch_end`, which Keras calls after every epoch.
@@ -128,6 +136,7 @@ class WindowStream(keras.utils.PyDataset):
         window: int = 28,
         normalization: str = "window",
         block_size: int = 32_768,
+        pool: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
         super().__init__(workers=1, use_multiprocessing=False)
         for name, value in (("n_samples", n_samples), ("batch_size", batch_size)):
@@ -140,6 +149,16 @@ class WindowStream(keras.utils.PyDataset):
         self.window = int(window)
         self.normalization = normalization
         self.batches_per_block = max(1, int(block_size) // self.batch_size)
+        if pool is not None:
+            pool = tuple(np.asarray(array, np.float32) for array in pool)
+            if len(pool) != 2 or pool[0].shape != pool[1].shape or pool[0].ndim != 3:
+                raise ValueError("pool must be (noisy, clean) arrays of equal shape (P, w, w)")
+            if pool[0].shape[1:] != (self.window, self.window):
+                raise ValueError(
+                    f"pool windows have shape {pool[0].shape[1:]}, expected "
+                    f"({self.window}, {self.window})"
+                )
+        self.pool = pool
         self.epoch = 0
         self._lock = threading.Lock()
         self._blocks: dict[tuple[int, int], Future] = {}
@@ -169,9 +188,12 @@ class WindowStream(keras.utils.PyDataset):
         start = block * self.batches_per_block * self.batch_size
         size = min(self.batches_per_block * self.batch_size, self.n_samples - start)
         rng = np.random.default_rng([self.seed, epoch, block])
-        noisy, clean = training_batch(
-            size, rng=rng, window=self.window, distribution=self.distribution
-        )
+        if self.pool is None:
+            noisy, clean = training_batch(
+                size, rng=rng, window=self.window, distribution=self.distribution
+            )
+        else:
+            noisy, clean = _resample(self.pool, size, rng)
         return _standardized_pair(
             np.asarray(noisy, np.float32), np.asarray(clean, np.float32), self.normalization
         )
@@ -208,6 +230,86 @@ class WindowStream(keras.utils.PyDataset):
                 future.cancel()
             self._blocks.clear()
         self._executor.shutdown(wait=True)
+
+
+def _resample(pool, size, rng):
+    """``size`` windows drawn with replacement from ``pool``, randomly flipped along each axis."""
+    noisy_pool, clean_pool = pool
+    index = np.sort(rng.integers(0, len(noisy_pool), size))
+    flips = rng.integers(0, 2, (size, 2)).astype(bool)
+    noisy, clean = noisy_pool[index], clean_pool[index]
+    for axis in (0, 1):
+        rows = flips[:, axis]
+        noisy[rows] = np.flip(noisy[rows], axis=axis + 1)
+        clean[rows] = np.flip(clean[rows], axis=axis + 1)
+    order = rng.permutation(size)
+    return noisy[order], clean[order]
+
+
+def _draw_pool_chunk(distribution, window, entropy, size):
+    from stem_ae.simulate import training_batch
+
+    rng = np.random.default_rng(entropy)
+    return training_batch(size, rng=rng, window=window, distribution=distribution)
+
+
+def draw_pool(
+    n: int,
+    *,
+    distribution: Any = "general",
+    seed: int = 0,
+    window: int = 28,
+    processes: int = 1,
+    chunk: int = 8192,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate a pool of training windows once, for :class:`WindowStream`'s ``pool``.
+
+    Parameters
+    ----------
+    n : int
+        Windows in the pool.
+    distribution : TrainingDistribution or str
+        What to draw from.
+    seed : int
+        Chunk ``k`` is drawn with ``numpy.random.default_rng([seed, 0x9001, k])``: the result
+        does not depend on ``processes``.
+    window : int
+        Window side, px.
+    processes : int
+        Worker processes (spawned; they import only NumPy and the simulator).
+    chunk : int
+        Windows per task.
+
+    Returns
+    -------
+    noisy, clean : ndarray, shape (n, window, window), float32
+    """
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    distribution = resolve_distribution(distribution)
+    noisy = np.empty((n, window, window), np.float32)
+    clean = np.empty((n, window, window), np.float32)
+    starts = range(0, n, chunk)
+    tasks = [
+        (distribution, window, [int(seed), _POOL_TAG, k], min(chunk, n - start))
+        for k, start in enumerate(starts)
+    ]
+    if processes > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(processes, mp_context=context) as executor:
+            results = executor.map(_draw_pool_chunk, *zip(*tasks, strict=True))
+            for start, (part_noisy, part_clean) in zip(starts, results, strict=True):
+                noisy[start : start + len(part_noisy)] = part_noisy
+                clean[start : start + len(part_clean)] = part_clean
+    else:
+        for start, task in zip(starts, tasks, strict=True):
+            part_noisy, part_clean = _draw_pool_chunk(*task)
+            noisy[start : start + len(part_noisy)] = part_noisy
+            clean[start : start + len(part_clean)] = part_clean
+    return noisy, clean
 
 
 def make_test_set(
@@ -254,6 +356,8 @@ def train(
     validation: int | tuple[np.ndarray, np.ndarray] | None = None,
     schedule: str = "cosine",
     block_size: int = 32_768,
+    pool_size: int | None = None,
+    processes: int = 1,
     verbose: int = 0,
 ) -> tuple[keras.Sequential, keras.callbacks.History]:
     """Train an auto-encoder on windows streamed from the simulator.
@@ -284,6 +388,12 @@ def train(
         or constant.
     block_size : int
         Windows simulated at once, see :class:`WindowStream`.
+    pool_size : int, optional
+        When given, simulate this many windows once (:func:`draw_pool`, seed ``seed``) and
+        resample them with random flips every epoch, instead of simulating every window: for
+        distributions slower to simulate than to train on. Recorded in the config.
+    processes : int
+        Processes that draw the pool.
     verbose : int
         Passed to ``Model.fit``; 0 (silent) by default.
 
@@ -315,10 +425,21 @@ def train(
         "seed": int(seed),
         "schedule": schedule,
     }
+    if pool_size is not None:
+        record["pool_size"] = int(pool_size)
     config = dataclasses.replace(config, training=record)
 
     keras.utils.set_random_seed(seed)
     model = build_autoencoder(config)
+    pool = None
+    if pool_size is not None:
+        pool = draw_pool(
+            pool_size,
+            distribution=distribution,
+            seed=seed,
+            window=config.window,
+            processes=processes,
+        )
     stream = WindowStream(
         n_samples,
         batch_size,
@@ -327,6 +448,7 @@ def train(
         window=config.window,
         normalization=config.normalization,
         block_size=block_size,
+        pool=pool,
     )
     if schedule == "cosine":
         rate = keras.optimizers.schedules.CosineDecay(
