@@ -40,6 +40,8 @@ __all__ = [
 
 #: Minimum distance between columns, as a fraction of the measured lattice period.
 SEPARATION_FRACTION = 0.38
+#: Column × pixel elements fitted together in one batch (bounds temporary memory to ~200 MB).
+_FIT_ELEMENTS = 1_000_000
 #: Radius of the fitting patch around each column, as a fraction of the lattice period.
 PATCH_FRACTION = 0.45
 
@@ -183,8 +185,22 @@ def fit_columns(
     oy, ox = np.mgrid[-r : r + 1, -r : r + 1]
     disc = (oy * oy + ox * ox) <= radius * radius
     oy, ox = oy[disc].astype(np.float64), ox[disc].astype(np.float64)
-    centres = np.rint(starts).astype(np.int64)
     padded = np.pad(image, r, mode="constant", constant_values=np.nan)
+    params = np.empty((n, 5))
+    ok = np.empty(n, dtype=bool)
+    chunk = max(64, _FIT_ELEMENTS // len(oy))
+    for lo in range(0, n, chunk):
+        hi = min(lo + chunk, n)
+        params[lo:hi], ok[lo:hi] = _fit_batch(
+            padded, starts[lo:hi], r, radius, oy, ox, sigma, poisson, n_iter
+        )
+    return params, ok
+
+
+def _fit_batch(padded, starts, r, radius, oy, ox, sigma, poisson, n_iter):
+    """Levenberg–Marquardt on one batch of columns; see :func:`fit_columns`."""
+    n = len(starts)
+    centres = np.rint(starts).astype(np.int64)
     rows = centres[:, 0, None] + oy.astype(np.int64)[None, :] + r
     cols = centres[:, 1, None] + ox.astype(np.int64)[None, :] + r
     rows = np.clip(rows, 0, padded.shape[0] - 1)
