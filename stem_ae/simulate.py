@@ -307,33 +307,144 @@ def srtio3_lattice(period: float = PAPER_PERIOD_PX, sigma: float = PAPER_SIGMA_P
     )  # fmt: skip
 
 
-# Basis sites per kind as (u, v, type): n types use the sites whose type < n.
+# Basis sites per kind as (u, v, type): a lattice with n column types uses the sites of type < n.
 _BASIS_SITES = {
-    # perovskite-like: A at corners, B at the centre, O on the edges
+    "srtio3": ((0.0, 0.0, 0), (0.5, 0.5, 1)),
+    # perovskite-like: A at the corners, B at the centre, O on the edges
     "square": ((0.0, 0.0, 0), (0.5, 0.5, 1), (0.5, 0.0, 2), (0.0, 0.5, 2)),
     "rectangular": ((0.0, 0.0, 0), (0.5, 0.5, 1), (0.5, 0.0, 2)),
-    # centred rectangular: (0,0) and (1/2,1/2) equal, other types on the edges
+    # centred rectangular: (0, 0) and (1/2, 1/2) alike, other types on the edges
     "centred": ((0.0, 0.0, 0), (0.5, 0.5, 0), (0.5, 0.0, 1), (0.0, 0.5, 2)),
     # hexagonal: triangular; honeycomb-like with 2 types; three sub-lattices with 3 types
     "hexagonal": ((0.0, 0.0, 0), (1 / 3, 2 / 3, 1), (2 / 3, 1 / 3, 2)),
 }
+_MAX_SITES = 4
+_HK = np.array([(h, k) for h in range(-3, 4) for k in range(-3, 4) if h or k], dtype=float)
+_IJ = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3)], dtype=float)
 
 
-def _lattice_from_params(kind, n_types, intensities, aspect, sigma_ratio) -> Lattice:
-    """A unit-scale lattice (a = 1) of ``kind`` with ``sigma = sigma_ratio × nearest neighbour``."""
-    if kind == "srtio3":
-        sites = ((0.0, 0.0, 1.0), (0.5, 0.5, PAPER_TIO_INTENSITY))
-        lat = Lattice(a=1.0, b=1.0, gamma=90.0, basis=sites, sigma=PAPER_SIGMA_PX / PAPER_PERIOD_PX)
+def _nearest_neighbours(vec, uv, inten):
+    """Shortest column distance of many lattices: vec (n, 2, 2), uv (n, S, 2), inten (n, S)."""
+    du = (uv[:, :, None, None, 0] - uv[:, None, :, None, 0] + _IJ[:, 0]).reshape(len(vec), -1)
+    dv = (uv[:, :, None, None, 1] - uv[:, None, :, None, 1] + _IJ[:, 1]).reshape(len(vec), -1)
+    py = du * vec[:, 0, 0, None] + dv * vec[:, 1, 0, None]
+    px = du * vec[:, 0, 1, None] + dv * vec[:, 1, 1, None]
+    s = uv.shape[1]
+    dist = np.sqrt(py * py + px * px).reshape(len(vec), s, s, len(_IJ))
+    present = inten > 0
+    ok = present[:, :, None, None] & present[:, None, :, None] & (dist > 1e-9)
+    return np.where(ok, dist, np.inf).reshape(len(vec), -1).min(1)
+
+
+def _dominant_spacings(vec, uv, inten, sigma):
+    """Vectorised :meth:`Lattice.dominant_spacing` (same reflections, same tie rule)."""
+    recip = np.linalg.inv(vec).transpose(0, 2, 1)  # rows b1, b2
+    g = np.einsum("hj,njk->nhk", _HK, recip)
+    g2 = (g**2).sum(-1)
+    phase = 2 * np.pi * np.einsum("hj,nsj->nhs", _HK, uv)
+    re = (np.cos(phase) * inten[:, None, :]).sum(-1)
+    im = (np.sin(phase) * inten[:, None, :]).sum(-1)
+    amp = np.sqrt(re**2 + im**2) * np.exp(-2 * np.pi**2 * sigma[:, None] ** 2 * g2)
+    best = amp.max(1, keepdims=True)
+    gmin = np.where(amp >= best * (1 - 1e-9), g2, np.inf).min(1)
+    return 1.0 / np.sqrt(gmin)
+
+
+def _draw_structures(n, gen, *, min_sigma_px=0.0, min_nn_fraction=0.0, **kw):
+    """Draw ``n`` lattices (see :func:`_draw_structures_once`), redrawing those whose column sigma
+    is below ``min_sigma_px`` or whose nearest-neighbour distance is below ``min_nn_fraction`` ×
+    their dominant spacing (under-sampled or crowded columns); after 50 rounds they are kept."""
+    out = list(_draw_structures_once(n, gen, **kw))
+    spacing = out[5]
+    for _ in range(50):
+        bad = (out[3] < min_sigma_px) | (out[4] < min_nn_fraction * spacing)
+        bad &= ~out[6]
+        if not bad.any():
+            break
+        new = _draw_structures_once(int(bad.sum()), gen, **kw)
+        for arr, v in zip(out, new, strict=True):
+            arr[bad] = v
+    return out[:5]
+
+
+def _draw_structures_once(
+    n,
+    gen,
+    *,
+    kinds,
+    kind_weights=None,
+    n_types=(1, 3),
+    intensity_range=(0.2, 1.0),
+    sigma_range=(0.1, 0.22),
+    aspect_range=(0.5, 2.0),
+    spacing_range=(6.0, 10.0),
+    log_uniform=False,
+    sigma_px=None,
+    period_px=None,
+):
+    """Draw ``n`` lattices as arrays, scaled to their target dominant spacing.
+
+    Returns ``vec`` (n, 2, 2) lattice vectors (rows a1, a2, (y, x) px, unrotated), ``uv``
+    (n, S, 2) fractional basis sites, ``inten`` (n, S) peak heights (0 = absent site), ``sigma``
+    (n,) and ``nn`` (n,) px. The ``"srtio3"`` kind with ``period_px`` and ``sigma_px`` set keeps
+    that fixed geometry.
+    """
+    for k in kinds:
+        if k not in KINDS:
+            raise ValueError(f"unknown lattice kind {k!r}; accepted: {', '.join(KINDS)}")
+    lo_s, hi_s = _check_range("spacing_range", spacing_range, MIN_PERIOD)
+    lo_t, hi_t = (int(v) for v in n_types)
+    if not 1 <= lo_t <= hi_t <= 3:
+        raise ValueError(f"n_types must satisfy 1 <= low <= high <= 3, got {n_types!r}")
+    w = None if kind_weights is None else np.asarray(kind_weights, float) / np.sum(kind_weights)
+    kind_idx = gen.choice(len(kinds), size=n, p=w)
+    types = gen.integers(lo_t, hi_t + 1, size=n)
+    levels = gen.uniform(*intensity_range, size=(n, 3))
+    levels[:, 0] = 1.0
+    aspect = np.exp(gen.uniform(*np.log(aspect_range), size=n))
+    ratio = gen.uniform(*sigma_range, size=n)
+    u = gen.random(n)
+    if log_uniform:
+        spacing = np.exp(np.log(lo_s) + u * np.log(hi_s / lo_s))
     else:
-        gamma = 120.0 if kind == "hexagonal" else 90.0
-        b = aspect if kind in ("rectangular", "centred") else 1.0
-        sites = tuple(
-            (u, v, float(intensities[t])) for u, v, t in _BASIS_SITES[kind] if t < n_types
+        spacing = lo_s + u * (hi_s - lo_s)
+    uv = np.zeros((n, _MAX_SITES, 2))
+    inten = np.zeros((n, _MAX_SITES))
+    gamma = np.full(n, 90.0)
+    b = np.ones(n)
+    fixed = np.zeros(n, bool)
+    for ki, kind in enumerate(kinds):
+        sel = kind_idx == ki
+        if not sel.any():
+            continue
+        for si, (su, sv, t) in enumerate(_BASIS_SITES[kind]):
+            uv[sel, si] = (su, sv)
+            if kind == "srtio3":
+                inten[sel, si] = (1.0, PAPER_TIO_INTENSITY)[t]
+            else:
+                inten[sel, si] = np.where(types[sel] > t, levels[sel, t], 0.0)
+        if kind == "hexagonal":
+            gamma[sel] = 120.0
+        elif kind in ("rectangular", "centred"):
+            b[sel] = aspect[sel]
+        elif kind == "srtio3" and period_px is not None and sigma_px is not None:
+            fixed[sel] = True
+    vec = np.zeros((n, 2, 2))
+    vec[:, 0] = (0.0, 1.0)
+    vec[:, 1] = b[:, None] * _direction(gamma)
+    nn = _nearest_neighbours(vec, uv, inten)
+    sigma = ratio * nn
+    scale = np.empty(n)
+    if fixed.any():
+        sigma[fixed] = sigma_px / period_px
+        scale[fixed] = period_px
+    free = ~fixed
+    if free.any():
+        scale[free] = spacing[free] / _dominant_spacings(
+            vec[free], uv[free], inten[free], sigma[free]
         )
-        lat = Lattice(a=1.0, b=b, gamma=gamma, basis=sites, sigma=1.0)
-    if sigma_ratio is not None:
-        lat = dataclasses.replace(lat, sigma=sigma_ratio * lat.nearest_neighbour())
-    return lat
+    ds = np.where(fixed, scale, spacing)
+    return vec * scale[:, None, None], uv, inten, sigma * scale, nn * scale, ds, fixed
 
 
 def random_lattice(
@@ -346,80 +457,41 @@ def random_lattice(
     sigma_range: tuple[float, float] = (0.1, 0.22),
     aspect_range: tuple[float, float] = (0.5, 2.0),
     log_uniform: bool = False,
+    min_sigma_px: float = 0.5,
+    min_nn_fraction: float = 0.4,
 ) -> Lattice:
     """Draw one random lattice whose :meth:`Lattice.dominant_spacing` lies in ``spacing_range``.
 
     ``kinds`` from :data:`KINDS`; ``n_types`` column types (the strongest 1.0, others uniform in
     ``intensity_range``); column sigma uniform in ``sigma_range`` × the nearest-neighbour distance;
     ``aspect_range`` is ``b / a`` for rectangular and centred lattices (log-uniform); the target
-    spacing is uniform (or log-uniform) in ``spacing_range``.
+    spacing is uniform (or log-uniform) in ``spacing_range``. Lattices with column sigma below
+    ``min_sigma_px`` or a nearest-neighbour distance below ``min_nn_fraction`` × the dominant
+    spacing are redrawn.
 
     >>> lat = random_lattice(0)
     >>> 6.0 <= lat.dominant_spacing() <= 10.0
     True
     """
-    gen = as_generator(rng)
-    p = _draw_structures(
+    vec, uv, inten, sigma, _ = _draw_structures(
         1,
-        gen,
+        as_generator(rng),
         kinds=tuple(kinds),
-        kind_weights=None,
         n_types=n_types,
         intensity_range=intensity_range,
         sigma_range=sigma_range,
         aspect_range=aspect_range,
         spacing_range=spacing_range,
         log_uniform=log_uniform,
-        sigma_px=None,
-        period_px=None,
+        min_sigma_px=min_sigma_px,
+        min_nn_fraction=min_nn_fraction,
     )
-    return p[0]
-
-
-def _draw_structures(
-    n,
-    gen,
-    *,
-    kinds,
-    kind_weights,
-    n_types,
-    intensity_range,
-    sigma_range,
-    aspect_range,
-    spacing_range,
-    log_uniform,
-    sigma_px,
-    period_px,
-) -> list[Lattice]:
-    """Draw ``n`` lattices (scaled to their target dominant spacing). Slow path: a Python loop."""
-    for k in kinds:
-        if k not in KINDS:
-            raise ValueError(f"unknown lattice kind {k!r}; accepted: {', '.join(KINDS)}")
-    spacing_range = _check_range("spacing_range", spacing_range, MIN_PERIOD)
-    lo_t, hi_t = (int(v) for v in n_types)
-    if not 1 <= lo_t <= hi_t <= 3:
-        raise ValueError(f"n_types must satisfy 1 <= low <= high <= 3, got {n_types!r}")
-    w = None if kind_weights is None else np.asarray(kind_weights, float) / np.sum(kind_weights)
-    kind_idx = gen.choice(len(kinds), size=n, p=w)
-    types = gen.integers(lo_t, hi_t + 1, size=n)
-    inten = gen.uniform(*intensity_range, size=(n, 3))
-    inten[:, 0] = 1.0
-    aspect = np.exp(gen.uniform(*np.log(aspect_range), size=n))
-    ratio = gen.uniform(*sigma_range, size=n)
-    u = gen.random(n)
-    lo, hi = spacing_range
-    spacing = np.exp(np.log(lo) + u * np.log(hi / lo)) if log_uniform else lo + u * (hi - lo)
-    out = []
-    for i in range(n):
-        kind = kinds[kind_idx[i]]
-        if kind == "srtio3" and period_px is not None and sigma_px is not None:
-            out.append(srtio3_lattice(period_px, sigma_px))
-            continue
-        lat = _lattice_from_params(kind, types[i], inten[i], aspect[i], ratio[i])
-        if kind == "srtio3" and sigma_px is None:
-            lat = dataclasses.replace(lat, sigma=ratio[i] * lat.nearest_neighbour())
-        out.append(lat.scaled(spacing[i] / lat.dominant_spacing()))
-    return out
+    a1, a2 = vec[0]
+    gamma = math.degrees(math.atan2(-a2[0], a2[1]))
+    basis = tuple(
+        (float(p[0]), float(p[1]), float(i)) for p, i in zip(uv[0], inten[0], strict=True) if i > 0
+    )
+    return Lattice(float(np.hypot(*a1)), float(np.hypot(*a2)), gamma, basis, float(sigma[0]))
 
 
 # --------------------------------------------------------------------------------------------
@@ -431,27 +503,34 @@ def _columns_in_windows(vec, basis_uv, basis_i, trans, half, margin):
     """Columns of many lattices that touch their windows.
 
     vec (n, 2, 2) rotated lattice vectors (rows a1, a2, (y, x)); basis_uv (n, B, 2); basis_i (n, B)
-    (0 = padding); trans (n, 2) fractional translation; a window spans ``|y|, |x| <= half`` about
+    (0 = absent); trans (n, 2) fractional translation; a window spans ``|y|, |x| <= half`` about
     its centre; columns with centres within ``half + margin[n]`` are kept.
     Returns positions (n, K, 2) float32 relative to the centre and intensities (n, K) (0 = padding).
     """
     n = vec.shape[0]
-    recip = np.linalg.inv(vec)  # columns are reciprocal vectors: frac = pos @ recip
     lim = half + margin  # (n,)
-    radius = lim * math.sqrt(2.0)
-    # index range needed along each lattice direction: |i| <= R |b_i| + 1 (+1 for the basis)
-    bnorm = np.linalg.norm(recip, axis=1)  # (n, 2): |b1|, |b2|
-    m = np.ceil(radius[:, None] * bnorm).max(axis=0).astype(int) + 2
-    ii, jj = np.meshgrid(np.arange(-m[0], m[0] + 1), np.arange(-m[1], m[1] + 1), indexing="ij")
-    ij = np.stack([ii.ravel(), jj.ravel()], -1).astype(np.float64)  # (C, 2)
-    # fractional coordinates of every candidate (n, C*B, 2)
-    frac = (ij[None, :, None, :] + basis_uv[:, None, :, :] + trans[:, None, None, :]).reshape(
-        n, -1, 2
-    )
-    inten = np.broadcast_to(basis_i[:, None, :], (n, ij.shape[0], basis_i.shape[1])).reshape(n, -1)
-    pos = frac @ vec  # (n, C*B, 2)
-    mask = (np.abs(pos) <= lim[:, None, None]).all(-1) & (inten > 0)
-    return _compact(mask, pos, inten)
+    # index range needed along each lattice direction: |i| <= R |b_i| (+2 for basis/translation)
+    bnorm = np.linalg.norm(np.linalg.inv(vec), axis=1)  # (n, 2): |b1|, |b2|
+    m = (np.ceil(lim[:, None] * math.sqrt(2.0) * bnorm) + 2).astype(int)
+    groups = []
+    for key in np.unique(m, axis=0):
+        sel = np.flatnonzero((m == key).all(1))
+        ii, jj = np.meshgrid(np.arange(-key[0], key[0] + 1), np.arange(-key[1], key[1] + 1))
+        ij = np.stack([ii.ravel(), jj.ravel()], -1).astype(np.float64)  # (C, 2)
+        ns = len(sel)
+        frac = ij[None, :, None, :] + basis_uv[sel, None] + trans[sel, None, None]
+        frac = frac.reshape(ns, -1, 2)
+        inten = np.broadcast_to(basis_i[sel, None], (ns, len(ij), basis_i.shape[1])).reshape(ns, -1)
+        pos = frac @ vec[sel]  # (ns, C*B, 2)
+        mask = (np.abs(pos) <= lim[sel, None, None]).all(-1) & (inten > 0)
+        groups.append((sel, *_compact(mask, pos, inten)))
+    k = max(g[1].shape[1] for g in groups)
+    pos_out = np.zeros((n, k, 2), np.float32)
+    int_out = np.zeros((n, k), np.float32)
+    for sel, p, i in groups:
+        pos_out[sel, : p.shape[1]] = p
+        int_out[sel, : i.shape[1]] = i
+    return pos_out, int_out
 
 
 def _compact(mask, pos, inten):
@@ -726,8 +805,9 @@ class TrainingDistribution:
     Geometry: each window draws a lattice ``kind`` (weights ``kind_weights``), 1–3 column types
     (``n_types``; strongest 1.0, others uniform in ``intensity_range``), column sigma uniform in
     ``sigma_range`` × the nearest-neighbour distance (or fixed ``sigma_px`` with ``period_px`` for
-    the ``"srtio3"`` kind of the paper), aspect ``b / a`` log-uniform in ``aspect_range``
-    (rectangular/centred), scale such that :meth:`Lattice.dominant_spacing` is uniform (or
+    the ``"srtio3"`` kind of the paper; lattices with sigma below ``min_sigma_px`` or nearest
+    neighbour below ``min_nn_fraction`` × dominant spacing are redrawn), aspect ``b / a``
+    log-uniform in ``aspect_range`` (rectangular/centred), scale such that :meth:`Lattice.dominant_spacing` is uniform (or
     log-uniform) in ``spacing_range``, rotation uniform in ``angle_range`` and translation uniform
     over one unit cell. A fraction ``disorder_fraction`` of windows gets local disorder: column
     vacancies (probability uniform in ``vacancy_range``), Gaussian column displacements (std uniform
@@ -755,6 +835,8 @@ class TrainingDistribution:
     intensity_range: tuple[float, float] = (0.2, 1.0)
     sigma_range: tuple[float, float] = (0.1, 0.22)
     aspect_range: tuple[float, float] = (0.5, 2.0)
+    min_sigma_px: float = 0.5
+    min_nn_fraction: float = 0.4
     angle_range: tuple[float, float] = (0.0, 360.0)
     disorder_fraction: float = 0.0
     vacancy_range: tuple[float, float] = (0.0, 0.05)
@@ -1105,7 +1187,7 @@ def _paper_chunk(n, gen, window, dist, noisy, clean):
 
 def _general_chunk(n, gen, window, dist):
     """Any distribution: per-window lattices, disorder, physical noise."""
-    lats = _draw_structures(
+    base_vec, uv, basis_i, sigma, nn = _draw_structures(
         n,
         gen,
         kinds=dist.kinds,
@@ -1118,14 +1200,9 @@ def _general_chunk(n, gen, window, dist):
         log_uniform=dist.spacing_log_uniform,
         sigma_px=dist.sigma_px,
         period_px=dist.period_px,
+        min_sigma_px=dist.min_sigma_px,
+        min_nn_fraction=dist.min_nn_fraction,
     )
-    nb = max(len(lat.basis) for lat in lats)
-    base_vec = np.stack([lat.vectors() for lat in lats])
-    basis = np.zeros((n, nb, 3))
-    for i, lat in enumerate(lats):
-        basis[i, : len(lat.basis)] = lat.basis
-    sigma = np.array([lat.sigma for lat in lats])
-    nn = np.array([lat.nearest_neighbour() for lat in lats])
     angle = gen.uniform(*dist.angle_range, size=n)
     trans = gen.random((n, 2))
     vec = np.einsum("nij,njk->nik", base_vec, _rotation(angle))
@@ -1142,7 +1219,7 @@ def _general_chunk(n, gen, window, dist):
     disp_std[disorder] = gen.uniform(*dist.displacement_range, size=int(disorder.sum()))
     disp_std *= nn
     margin = GAUSS_CUTOFF * sig_eff + 3 * disp_std
-    pos, inten = _columns_in_windows(vec, basis[..., :2], basis[..., 2], trans, half, margin)
+    pos, inten = _columns_in_windows(vec, uv, basis_i, trans, half, margin)
     if disorder.any():
         k = pos.shape[1]
         d = disorder
