@@ -41,11 +41,11 @@ test-fast: install
 	$(PY) -m pytest tests stem_ae -m "not slow and not notebook" -p no:cacheprovider
 
 # Notebooks at smoke size: papermill injects notebooks/params/ci.yaml without executing
-# (--prepare-only); nbval then executes them as tests.
+# (--prepare-only); nbval then executes them as tests (in file order: 01 ... 05).
 build/ci/.prepared: $(NOTEBOOKS) $(CI_PARAMS) $(STAMP)
 	rm -rf build/ci && mkdir -p build/ci/out
 	for nb in $(NOTEBOOKS); do \
-	  $(PY) -m papermill --prepare-only -k python3 -f $(CI_PARAMS) \
+	  $(PY) -m papermill --prepare-only --log-level ERROR -k python3 -f $(CI_PARAMS) \
 	    -p repo_dir $(abspath .) -p out_dir $(abspath build/ci/out) \
 	    $$nb build/ci/$$(basename $$nb) >/dev/null; \
 	done
@@ -60,19 +60,24 @@ format: install
 	$(VENV)/bin/ruff check --fix .
 
 # ---- figures: each notebook executed headless at its default (paper-scale) parameters ----
-# Executed copies go to build/, pictures to figures/. A notebook is rerun only when it, the
-# package or its inputs changed; each run writes a part file that is moved into place at the end.
+# Executed copies go to build/, pictures to figures/ (02_train's models to build/models/, never
+# over the shipped ones). A notebook is rerun only when it, the package, the shipped models or
+# its data changed; each run writes a part file that is moved into place at the end.
 PKG_SOURCES := $(wildcard stem_ae/*.py)
+SHIPPED_MODELS := $(wildcard stem_ae/models/*/*.keras stem_ae/models/*/*.json)
 EXECUTED := $(patsubst notebooks/%.ipynb,build/%.ipynb,$(NOTEBOOKS))
 
 figures: install $(EXECUTED)
 
-build/%.ipynb: notebooks/%.ipynb $(PKG_SOURCES) $(STAMP)
+build/%.ipynb: notebooks/%.ipynb $(PKG_SOURCES) $(SHIPPED_MODELS) $(STAMP)
 	mkdir -p build figures
-	$(PY) -m papermill -k python3 --cwd notebooks \
+	$(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING \
 	  -p repo_dir $(abspath .) -p out_dir $(abspath figures) \
 	  $< build/.$*.part.ipynb
 	mv build/.$*.part.ipynb $@
+
+build/04_figure3.ipynb: $(wildcard data/*.tif)
+build/05_benchmark.ipynb: $(wildcard benchmarks/results/quality.*)
 
 benchmarks: install
 	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done

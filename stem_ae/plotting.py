@@ -640,7 +640,7 @@ def _axes(ax: Axes | None, width: float, height: float) -> tuple[Figure, Axes]:
 @_styled
 def plot_elongation_profile(
     distance: np.ndarray,
-    measured: np.ndarray,
+    measured: np.ndarray | Mapping[str, Any],
     truth: np.ndarray,
     *,
     truth_distance: np.ndarray | None = None,
@@ -656,9 +656,9 @@ def plot_elongation_profile(
     distance : ndarray, shape (M,)
         Distance of each measurement from the fault plane (signed), in the unit named by
         ``xlabel``.
-    measured : ndarray, shape (M,) or mapping of str to such arrays
+    measured : ndarray, shape (M,), or mapping of str to ndarray or to (distance, values)
         Measured elongation, in the unit named by ``ylabel``; a mapping draws one series per key
-        (e.g. raw and reconstructed).
+        (e.g. raw and reconstructed), each at ``distance`` or at its own distances.
     truth : ndarray, shape (M,) or (K,)
         True elongation at ``distance`` (or at ``truth_distance``), drawn as a line.
     truth_distance : ndarray, shape (K,), optional
@@ -682,16 +682,19 @@ def plot_elongation_profile(
     ['truth', 'measured']
     """
     distance = np.asarray(distance, dtype=np.float64).ravel()
-    series = (
-        {str(k): np.asarray(v, dtype=np.float64).ravel() for k, v in measured.items()}
-        if isinstance(measured, Mapping)
-        else {labels[0]: np.asarray(measured, dtype=np.float64).ravel()}
-    )
-    for name, values in series.items():
-        if values.shape != distance.shape:
+    if not isinstance(measured, Mapping):
+        measured = {labels[0]: measured}
+    series = {}
+    for name, values in measured.items():
+        where = distance
+        if isinstance(values, tuple) and len(values) == 2:
+            where, values = (np.asarray(v, dtype=np.float64).ravel() for v in values)
+        values = np.asarray(values, dtype=np.float64).ravel()
+        if values.shape != where.shape:
             raise ValueError(
-                f"measured {name!r} has shape {values.shape} but distance has {distance.shape}"
+                f"measured {name!r} has shape {values.shape} but its distances {where.shape}"
             )
+        series[str(name)] = (where, values)
     truth = np.asarray(truth, dtype=np.float64).ravel()
     truth_x = distance if truth_distance is None else np.asarray(truth_distance, float).ravel()
     if truth.shape != truth_x.shape:
@@ -702,9 +705,9 @@ def plot_elongation_profile(
     order = np.argsort(truth_x)
     ax.plot(truth_x[order], truth[order], color="black", label=labels[1], zorder=1)
     markers = "osD^v"
-    for k, (name, values) in enumerate(series.items()):
+    for k, (name, (where, values)) in enumerate(series.items()):
         color = METHOD_COLORS.get(name, f"C{k}")
-        ax.plot(distance, values, markers[k % 5], color=color, label=name, mfc="none", zorder=2)
+        ax.plot(where, values, markers[k % 5], color=color, label=name, mfc="none", zorder=2)
     ax.axvline(0.0, color="0.7", linewidth=0.8, linestyle="--", zorder=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
@@ -731,6 +734,8 @@ def plot_benchmark(
     crlb: str | None = "crlb_pm",
     xlabel: str = "dose (counts/px)",
     ylabel: str = "column position error (pm)",
+    labels: Mapping[str, str] | None = None,
+    legend: bool = True,
     ax: Axes | None = None,
 ) -> Figure:
     """Column-position error against dose for each method on log axes, with the CRLB as a line.
@@ -747,6 +752,10 @@ def plot_benchmark(
         a black line; ``None`` to leave it out.
     xlabel, ylabel : str
         Axis labels with units.
+    labels : mapping of str to str, optional
+        Legend label of each method name (e.g. ``{"paper": "stem_ae paper"}``); others as named.
+    legend : bool
+        Draw the legend (leave it out on all but one panel of a multi-panel figure).
     ax : Axes, optional
         Where to draw; by default a new figure.
 
@@ -781,7 +790,8 @@ def plot_benchmark(
             np.nanmean(errors[rows & (doses == d)]) for d in levels if (rows & (doses == d)).any()
         ]
         xs = [d for d in levels if (rows & (doses == d)).any()]
-        ax.plot(xs, means, "o-", color=METHOD_COLORS.get(name.lower(), f"C{k}"), label=name)
+        label = (labels or {}).get(name, name)
+        ax.plot(xs, means, "o-", color=METHOD_COLORS.get(name.lower(), f"C{k}"), label=label)
     if crlb is not None:
         bound = _column(table, crlb).astype(np.float64)
         values = [np.nanmean(bound[doses == d]) for d in levels]
@@ -790,7 +800,8 @@ def plot_benchmark(
     ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(ncols=2 if len(names) > 4 else 1)
+    if legend:
+        ax.legend(ncols=2 if len(names) > 4 else 1)
     return fig
 
 

@@ -181,6 +181,10 @@ def test_plot_elongation_profile_draws_measured_and_truth():
     np.testing.assert_allclose(lines["reconstructed"].get_ydata(), measured)
     np.testing.assert_allclose(lines["truth"].get_ydata(), truth)
     assert "elongation" in ax.get_ylabel()
+    own = np.array([-10.0, 0.0, 10.0])
+    fig = plotting.plot_elongation_profile(distance, {"raw": (own, [1.0, 2.0, 3.0])}, truth)
+    lines = {line.get_label(): line for line in fig.axes[0].get_lines()}
+    np.testing.assert_allclose(lines["raw"].get_xdata(), own)
     with pytest.raises(ValueError, match="shape"):
         plotting.plot_elongation_profile(distance, measured[:3], truth)
 
@@ -211,8 +215,10 @@ def test_plot_benchmark_reads_a_structured_array(tmp_path):
     path = tmp_path / "quality.csv"
     path.write_text("method,dose,position_error_pm\nnoisy,1,30\nnoisy,4,15\npaper,1,12\n")
     table = np.genfromtxt(path, delimiter=",", names=True, dtype=None, encoding="utf-8")
-    fig = plotting.plot_benchmark(table, crlb=None)
-    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["noisy", "paper"]
+    fig = plotting.plot_benchmark(table, crlb=None, labels={"paper": "stem_ae paper"})
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["noisy", "stem_ae paper"]
+    assert fig.axes[0].get_legend() is not None
+    assert plotting.plot_benchmark(table, crlb=None, legend=False).axes[0].get_legend() is None
 
 
 def test_plot_loss_and_noise_models():
