@@ -290,12 +290,23 @@ def _as_grey_stack(data: np.ndarray, path: Path) -> np.ndarray:
     return data
 
 
+def _check_signature(path: Path, head: bytes, signatures: tuple[bytes, ...], kind: str) -> None:
+    if not any(head.startswith(signature) for signature in signatures):
+        raise _FileError(
+            f"{path} is not a {kind} file (its first bytes are not a {kind} signature) — the "
+            f"file is damaged or misnamed; export it again or give it its real extension."
+        )
+
+
 # --- TIFF -----------------------------------------------------------------------------------
 
 
 def _read_tiff(path: Path):
     import tifffile
 
+    with open(path, "rb") as handle:
+        magic = handle.read(4)
+    _check_signature(path, magic, (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"), "TIFF")
     with tifffile.TiffFile(path) as tif:
         if not tif.series:
             raise _FileError(f"{path} contains no image — export the image again.")
@@ -550,6 +561,8 @@ def _read_berkeley(path: Path):
 
 
 def _read_npy(path: Path):
+    with open(path, "rb") as handle:
+        _check_signature(path, handle.read(6), (b"\x93NUMPY",), "NumPy .npy")
     data = np.load(path, allow_pickle=False)
     return data, None, "npy", None
 
@@ -557,7 +570,9 @@ def _read_npy(path: Path):
 def _read_png(path: Path):
     import imageio.v3 as iio
 
-    data = np.asarray(iio.imread(path))
+    content = path.read_bytes()
+    _check_signature(path, content[:8], (b"\x89PNG\r\n\x1a\n",), "PNG")
+    data = np.asarray(iio.imread(content, extension=".png"))
     if data.ndim == 3 and data.shape[-1] in (2, 4):  # grey+alpha or RGBA: drop an opaque alpha
         data = data[..., :-1]
         data = data[..., 0] if data.shape[-1] == 1 else data
