@@ -60,9 +60,11 @@ __all__ = [
     "WINDOW",
     "Lattice",
     "NoiseModel",
+    "Scene",
     "TrainingDistribution",
     "as_generator",
     "random_lattice",
+    "simulate_scene",
     "srtio3_lattice",
     "training_batch",
 ]
@@ -807,13 +809,14 @@ class TrainingDistribution:
     ``sigma_range`` × the nearest-neighbour distance (or fixed ``sigma_px`` with ``period_px`` for
     the ``"srtio3"`` kind of the paper; lattices with sigma below ``min_sigma_px`` or nearest
     neighbour below ``min_nn_fraction`` × dominant spacing are redrawn), aspect ``b / a``
-    log-uniform in ``aspect_range`` (rectangular/centred), scale such that :meth:`Lattice.dominant_spacing` is uniform (or
-    log-uniform) in ``spacing_range``, rotation uniform in ``angle_range`` and translation uniform
-    over one unit cell. A fraction ``disorder_fraction`` of windows gets local disorder: column
-    vacancies (probability uniform in ``vacancy_range``), Gaussian column displacements (std uniform
-    in ``displacement_range`` × nearest neighbour) and per-column intensity variations (uniform
-    ±``intensity_jitter``). A constant ``background`` (fraction of the peak, uniform in
-    ``background_range``) is added; the clean window is normalised to maximum 1.
+    log-uniform in ``aspect_range`` (rectangular/centred), scale such that
+    :meth:`Lattice.dominant_spacing` is uniform (or log-uniform) in ``spacing_range``, rotation
+    uniform in ``angle_range`` and translation uniform over one unit cell. A fraction
+    ``disorder_fraction`` of windows gets local disorder: column vacancies (probability uniform in
+    ``vacancy_range``), Gaussian column displacements (std uniform in ``displacement_range`` ×
+    nearest neighbour) and per-column intensity variations (uniform ±``intensity_jitter``). The
+    clean window is normalised to maximum 1 and then lifted onto a constant background ``bg``
+    (uniform in ``background_range``): ``clean · (1 − bg) + bg``, so its maximum stays 1.
 
     Noise: with ``dose_range`` set, a fraction ``1 - uniform_fraction`` of windows is scaled to a
     dose log-uniform in ``dose_range`` (mean counts/px) and gets Poisson noise, Gaussian read noise
@@ -1257,3 +1260,348 @@ def _general_chunk(n, gen, window, dist):
         row_jitter=np.where(uniform, 0.0, jitter),
     )
     return noisy, clean
+
+
+# --------------------------------------------------------------------------------------------
+# scenes with ground truth
+# --------------------------------------------------------------------------------------------
+
+SCENE_LATTICES = {
+    # name: (a Å, b Å, gamma, basis ((u, v, intensity), ...), description)
+    "srtio3": (
+        SRTIO3_CELL,
+        SRTIO3_CELL,
+        90.0,
+        ((0.0, 0.0, 1.0), (0.5, 0.5, PAPER_TIO_INTENSITY)),
+        "SrTiO3 [001]: Sr (1.0) at the corners, Ti-O (0.7) at the centre; a = cell",
+    ),
+    "rectangular": (
+        SRTIO3_CELL,
+        SRTIO3_CELL * math.sqrt(2.0),
+        90.0,
+        ((0.0, 0.0, 1.0), (0.5, 0.5, 0.55)),
+        "SrTiO3 [110]-like: a = cell along x, b = cell·√2 (5.52 Å); heavy (1.0) at the corners, "
+        "light (0.55) at the centre",
+    ),
+    "hexagonal": (
+        3.2,
+        3.2,
+        120.0,
+        ((0.0, 0.0, 1.0), (1 / 3, 2 / 3, 1.0)),
+        "hcp [0001]-like projection: a = 3.2 Å, honeycomb of two equal columns (A and B layers)",
+    ),
+}
+"""Lattice presets of :func:`simulate_scene` (lengths in Å; ``cell`` rescales ``"srtio3"`` and
+``"rectangular"``)."""
+
+DEFECTS = ("rp", "vacancies", "strain")
+"""Defects understood by :func:`simulate_scene`."""
+
+DEFAULT_STRAIN = 0.02
+"""Amplitude of the smooth strain field of the ``"strain"`` defect when ``strain`` is not given."""
+RP_ELONGATION = 0.08
+"""Peak elongation of the cells next to a Ruddlesden–Popper fault (perpendicular to the plane)."""
+RP_DECAY_CELLS = 1.0
+"""Decay length of the RP elongation, in unit cells."""
+
+
+@dataclass(frozen=True, eq=False)
+class Scene:
+    """A simulated image with its ground truth.
+
+    ``clean`` is the expected image (mean counts per pixel when a dose is given), ``noisy`` one
+    noisy realisation, ``columns`` the true column centres ``(y, x)`` px (those inside the image;
+    they sit on the peaks of ``clean``), ``column_types`` their type (0 strongest), ``lattice`` the
+    unstrained lattice in px (before rotation), ``metadata`` the defects and their parameters.
+    """
+
+    clean: np.ndarray
+    noisy: np.ndarray
+    columns: np.ndarray
+    column_types: np.ndarray
+    pixel_size: float
+    lattice: Lattice
+    metadata: dict
+
+
+def _scene_lattice(lattice, pixel_size, cell, sigma_angstrom):
+    if isinstance(lattice, Lattice):
+        return lattice, "custom"
+    if not isinstance(lattice, str) or lattice not in SCENE_LATTICES:
+        raise ValueError(
+            f"unknown lattice {lattice!r}; accepted: {', '.join(SCENE_LATTICES)} or a Lattice"
+        )
+    a, b, gamma, basis, _ = SCENE_LATTICES[lattice]
+    if lattice in ("srtio3", "rectangular"):
+        a, b = a * cell / SRTIO3_CELL, b * cell / SRTIO3_CELL
+    lat = Lattice(a / pixel_size, b / pixel_size, gamma, basis, sigma_angstrom / pixel_size)
+    return lat, lattice
+
+
+def _parse_defects(defect) -> tuple[str, ...]:
+    if defect is None:
+        return ()
+    items = (defect,) if isinstance(defect, str) else tuple(defect)
+    for d in items:
+        if d not in DEFECTS:
+            raise ValueError(
+                f"unknown defect {d!r}; accepted: None, {', '.join(DEFECTS)} or a list"
+            )
+    return items
+
+
+def rp_elongation_profile(distance, amplitude=RP_ELONGATION, decay_length=1.0):
+    """Local elongation (strain perpendicular to an RP fault) at signed ``distance`` from it.
+
+    ``amplitude * exp(-|distance| / decay_length)``; the displacement it integrates to is
+    :func:`rp_displacement`.
+    """
+    return amplitude * np.exp(-np.abs(np.asarray(distance, float)) / decay_length)
+
+
+def rp_displacement(distance, amplitude=RP_ELONGATION, decay_length=1.0):
+    """Displacement (same units as ``distance``) away from the fault plane of a point at signed
+    ``distance``: ``sign(d) · amplitude · L · (1 − exp(−|d| / L))``."""
+    d = np.asarray(distance, float)
+    return np.sign(d) * amplitude * decay_length * (1.0 - np.exp(-np.abs(d) / decay_length))
+
+
+def strain_displacement(y, x, params: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Displacement ``(dy, dx)`` px of the smooth strain field recorded in
+    ``scene.metadata["strain"]`` at undisplaced positions ``(y, x)`` px.
+
+    ``dy = A·Ly/2π·sin(2πy/Ly + φy)``, ``dx = A·Lx/2π·sin(2πx/Lx + φx)``, so the strain is
+    ``e_yy = A·cos(2πy/Ly + φy)``, ``e_xx = A·cos(2πx/Lx + φx)``, ``e_xy = 0``, |e| <= A.
+    """
+    amp = params["amplitude"]
+    ly, lx = params["wavelength_px"]
+    py, px = params["phase"]
+    y, x = np.asarray(y, float), np.asarray(x, float)
+    dy = amp * ly / (2 * np.pi) * np.sin(2 * np.pi * y / ly + py)
+    dx = amp * lx / (2 * np.pi) * np.sin(2 * np.pi * x / lx + px)
+    return dy, dx
+
+
+def strain_tensor(y, x, params: Mapping) -> tuple[np.ndarray, np.ndarray]:
+    """Strain ``(e_yy, e_xx)`` of the field in ``scene.metadata["strain"]`` at ``(y, x)`` px."""
+    amp = params["amplitude"]
+    ly, lx = params["wavelength_px"]
+    py, px = params["phase"]
+    y, x = np.asarray(y, float), np.asarray(x, float)
+    return amp * np.cos(2 * np.pi * y / ly + py), amp * np.cos(2 * np.pi * x / lx + px)
+
+
+def simulate_scene(
+    shape,
+    *,
+    lattice: str | Lattice = "srtio3",
+    defect=None,
+    pixel_size: float = 0.2,
+    cell: float = SRTIO3_CELL,
+    dose: float | None = 16.0,
+    noise: NoiseModel | None = None,
+    strain: float | None = None,
+    angle: float = 0.0,
+    sigma_angstrom: float = 0.35,
+    background: float = 0.05,
+    vacancy_fraction: float = 0.05,
+    rp_elongation: float = RP_ELONGATION,
+    rp_decay_cells: float = RP_DECAY_CELLS,
+    rng: Any = None,
+) -> Scene:
+    """Simulate an atomic-resolution image with ground truth.
+
+    Parameters
+    ----------
+    shape : (H, W) in px.
+    lattice : ``"srtio3"`` (SrTiO3 [001]), ``"rectangular"`` (SrTiO3 [110]-like, a = 3.905 Å,
+        b = 5.52 Å, two column types), ``"hexagonal"`` (hcp [0001]-like honeycomb, a = 3.2 Å)
+        — see :data:`SCENE_LATTICES` — or a :class:`Lattice` in px (then ``cell`` and
+        ``sigma_angstrom`` are ignored).
+    defect : None, ``"rp"``, ``"vacancies"``, ``"strain"`` or a list of them.
+        ``"rp"``: a Ruddlesden–Popper fault, a {100} plane (along ``a2``; vertical at
+        ``angle=0``) through the Sr plane nearest the image centre. The block beyond it is shifted
+        by half a cell along the plane and half a cell perpendicular to it (the SrO plane at the
+        fault appears twice: rock-salt SrO–SrO stacking), and the cells next to the plane are
+        elongated perpendicular to it by ``rp_elongation · exp(−|d| / L)`` with
+        ``L = rp_decay_cells`` cells (``d`` the distance from the fault plane; see
+        :func:`rp_elongation_profile`). Needs a lattice with ``gamma = 90``.
+        ``"vacancies"``: a fraction ``vacancy_fraction`` of the columns is removed (recorded).
+        ``"strain"``: a smooth strain field of amplitude ``strain`` (default 2 %), see
+        :func:`strain_displacement`.
+    pixel_size : Å/px. cell : SrTiO3 lattice parameter, Å. sigma_angstrom : column sigma, Å.
+    dose : mean counts per pixel over the image (Poisson noise); None for no shot noise.
+    noise : a :class:`NoiseModel`; default ``NoiseModel(dose=dose)``. When it has neither a dose
+        nor an SNR, ``dose`` is used. Its probe blur and drift are applied exactly to the columns
+        (the truth follows the drift).
+    strain : amplitude of the smooth strain field (also without the ``"strain"`` defect), 0–0.2.
+    angle : rotation of the lattice, degrees counter-clockwise.
+    background : constant background as a fraction of the strongest column's peak.
+    rng : seed or Generator (lattice origin, vacancies, strain phases, noise).
+
+    >>> scene = simulate_scene((64, 64), defect="rp", rng=0)
+    >>> scene.clean.shape, scene.columns.shape[1], scene.metadata["defect"]
+    ((64, 64), 2, ['rp'])
+    """
+    try:
+        h, w = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (height, width), got {shape!r}") from None
+    if h < MIN_WINDOW or w < MIN_WINDOW:
+        raise ValueError(f"shape must be at least {MIN_WINDOW}×{MIN_WINDOW} px, got {shape!r}")
+    pixel_size = _check_positive("pixel_size", pixel_size)
+    cell = _check_positive("cell", cell)
+    sigma_angstrom = _check_positive("sigma_angstrom", sigma_angstrom)
+    if dose is not None:
+        if not (float(dose) >= 0 and math.isfinite(dose)):
+            raise ValueError(f"dose must be >= 0 counts/px (or None), got {dose!r}")
+    background = _check_positive("background", background, allow_zero=True)
+    if not 0.0 <= vacancy_fraction < 1.0:
+        raise ValueError(f"vacancy_fraction must be in [0, 1), got {vacancy_fraction!r}")
+    if not (-0.5 < rp_elongation < 0.5):
+        raise ValueError(f"rp_elongation must be in (-0.5, 0.5), got {rp_elongation!r}")
+    rp_decay_cells = _check_positive("rp_decay_cells", rp_decay_cells)
+    defects = _parse_defects(defect)
+    if strain is None:
+        strain = DEFAULT_STRAIN if "strain" in defects else 0.0
+    if not 0.0 <= float(strain) <= 0.2:
+        raise ValueError(f"strain must be in [0, 0.2], got {strain!r}")
+    if noise is None:
+        noise = NoiseModel(dose=dose)
+    elif not isinstance(noise, NoiseModel):
+        raise ValueError(f"noise must be a NoiseModel or None, got {type(noise).__name__}")
+    elif noise.dose is None and noise.snr is None and dose is not None:
+        noise = dataclasses.replace(noise, dose=dose)
+    gen = as_generator(rng)
+    lat, lattice_name = _scene_lattice(lattice, pixel_size, cell, sigma_angstrom)
+    if lat.a < MIN_PERIOD or lat.b < MIN_PERIOD:
+        raise ValueError(
+            f"period must be >= {MIN_PERIOD} px, got a = {lat.a:.3g}, b = {lat.b:.3g} px "
+            f"(pixel_size {pixel_size} Å/px)"
+        )
+    if "rp" in defects and abs(lat.gamma - 90.0) > 1e-9:
+        raise ValueError(f"defect 'rp' needs a rectangular lattice (gamma 90), got {lat.gamma}")
+    metadata: dict[str, Any] = {
+        "defect": list(defects) or None,
+        "lattice": lattice_name,
+        "pixel_size": pixel_size,
+        "angle": float(angle),
+        "sigma_px": lat.sigma,
+        "background": background,
+        "noise": noise.to_dict(),
+    }
+
+    # --- perfect lattice in lattice coordinates (fractional u along a1, v along a2)
+    vec = lat.vectors(angle)
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    t = gen.random(2)
+    origin = centre - t @ vec  # a Sr column near the centre
+    radius = 0.5 * math.hypot(h, w) + GAUSS_CUTOFF * lat.sigma + 2 * max(lat.a, lat.b)
+    bnorm = np.linalg.norm(np.linalg.inv(vec), axis=0)
+    m = np.ceil(radius * bnorm).astype(int) + 2
+    ii, jj = np.meshgrid(np.arange(-m[0], m[0] + 1), np.arange(-m[1], m[1] + 1), indexing="ij")
+    basis = np.array(lat.basis)
+    types_site = lat.column_types()
+    fu = (ii.ravel()[:, None] + basis[None, :, 0]).ravel()
+    fv = (jj.ravel()[:, None] + basis[None, :, 1]).ravel()
+    inten = np.tile(basis[:, 2], ii.size)
+    types = np.tile(types_site, ii.size)
+    e1, e2 = vec[0] / lat.a, vec[1] / lat.b  # unit vectors of a1, a2 (y, x)
+
+    # --- Ruddlesden–Popper fault
+    if "rp" in defects:
+        i0 = 0  # the Sr plane through the origin (nearest the centre)
+        left = fu <= i0 + 1e-9
+        right = fu >= i0 - 1e-9
+        fu = np.concatenate([fu[left], fu[right] + 0.5])
+        fv = np.concatenate([fv[left], fv[right] + 0.5])
+        inten = np.concatenate([inten[left], inten[right]])
+        types = np.concatenate([types[left], types[right]])
+        fault_u = i0 + 0.25  # mid-plane of the rock-salt gap, fractional
+        decay = rp_decay_cells * lat.a
+        d = (fu - fault_u) * lat.a  # signed distance from the fault plane, px
+        du = rp_displacement(d, rp_elongation, decay)
+        pos = origin + np.outer(fu, vec[0]) + np.outer(fv, vec[1]) + np.outer(du, e1)
+        fault_point = origin + fault_u * vec[0]
+        metadata["rp"] = {
+            "fault_point": fault_point.tolist(),
+            "fault_normal": e1.tolist(),
+            "fault_direction": e2.tolist(),
+            "fault_x": float(fault_point[1]) if abs(e1[0]) < 1e-12 else None,
+            "shift_along_px": 0.5 * lat.b,
+            "shift_perpendicular_px": 0.5 * lat.a,
+            "shift_sign": [1, 1],
+            "elongation": {
+                "amplitude": float(rp_elongation),
+                "decay_length_px": float(decay),
+                "profile": "amplitude * exp(-|d| / decay_length_px)",
+                "displacement": "sign(d) * amplitude * decay_length_px * (1 - exp(-|d| / L))",
+            },
+            "description": (
+                "columns beyond the fault (d > 0 along fault_normal) are shifted by "
+                "(shift_perpendicular_px along fault_normal, shift_along_px along "
+                "fault_direction) relative to the perfect continuation minus the duplicated "
+                "SrO plane; d is the signed distance of a column from the fault plane"
+            ),
+        }
+    else:
+        pos = origin + np.outer(fu, vec[0]) + np.outer(fv, vec[1])
+    reference = pos.copy()
+
+    # --- smooth strain field
+    if strain > 0:
+        params = {
+            "amplitude": float(strain),
+            "wavelength_px": [float(h), float(w)],
+            "phase": gen.uniform(0, 2 * np.pi, size=2).tolist(),
+            "displacement": "dy = A*Ly/2pi*sin(2pi*y/Ly + py); dx = A*Lx/2pi*sin(2pi*x/Lx + px)",
+            "strain": "e_yy = A*cos(2pi*y/Ly + py); e_xx = A*cos(2pi*x/Lx + px); e_xy = 0",
+        }
+        dy, dx = strain_displacement(pos[:, 0], pos[:, 1], params)
+        pos = pos + np.stack([dy, dx], -1)
+        metadata["strain"] = params
+
+    # --- scan drift (shear) acts on the geometry: the truth follows it
+    if noise.drift:
+        pos[:, 1] += noise.drift * (pos[:, 0] - centre[0])
+        reference[:, 1] += noise.drift * (reference[:, 0] - centre[0])
+
+    # --- vacancies among the columns inside the image
+    inside = (
+        (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
+    )
+    keep = np.ones(len(pos), bool)
+    if "vacancies" in defects:
+        idx = np.flatnonzero(inside)
+        n_vac = round(vacancy_fraction * len(idx))
+        gone = np.sort(gen.choice(idx, size=n_vac, replace=False)) if n_vac else idx[:0]
+        keep[gone] = False
+        metadata["vacancies"] = {
+            "fraction": float(vacancy_fraction),
+            "positions": pos[gone].copy(),
+            "types": types[gone].copy(),
+        }
+
+    # --- render: probe blur widens the Gaussians exactly
+    sigma = math.hypot(lat.sigma, noise.blur)
+    near = keep & (
+        (pos[:, 0] > -radius)
+        & (pos[:, 0] < h + radius)
+        & (pos[:, 1] > -radius)
+        & (pos[:, 1] < w + radius)
+    )
+    clean = _render_image((h, w), pos[near], inten[near], sigma)
+    clean += np.float32(background * max(site[2] for site in lat.basis))
+    model = dataclasses.replace(noise, blur=0.0, drift=0.0)
+    noisy, clean = model.apply(clean, gen)
+    sel = inside & keep
+    metadata["reference_columns"] = reference[sel]
+    return Scene(
+        clean=clean.astype(np.float32),
+        noisy=noisy.astype(np.float32),
+        columns=pos[sel].astype(np.float64),
+        column_types=types[sel].astype(int),
+        pixel_size=float(pixel_size),
+        lattice=lat,
+        metadata=metadata,
+    )
