@@ -1,0 +1,493 @@
+"""Tests of stem_ae.simulate: training windows, noise models, lattices and ground-truth scenes."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stem_ae import simulate as sim
+from stem_ae.simulate import (
+    GENERAL,
+    PAPER,
+    Lattice,
+    NoiseModel,
+    TrainingDistribution,
+    as_generator,
+    random_lattice,
+    simulate_scene,
+    srtio3_lattice,
+    training_batch,
+)
+
+FAST = settings(max_examples=15, deadline=None)
+
+
+def realised_snr(noisy, clean):
+    """Per-window SNR = std(clean) / std(noise)."""
+    return clean.std(axis=(1, 2)) / (noisy - clean).std(axis=(1, 2))
+
+
+# ------------------------------------------------------------------------------------------------
+# training windows
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("distribution", [PAPER, GENERAL, "paper", "general"])
+def test_training_batch_shapes_and_dtypes(distribution):
+    noisy, clean = training_batch(37, rng=0, distribution=distribution)
+    assert noisy.shape == clean.shape == (37, 28, 28)
+    assert noisy.dtype == clean.dtype == np.float32
+    assert np.isfinite(noisy).all() and np.isfinite(clean).all()
+    assert (clean >= 0).all()
+
+
+@FAST
+@given(n=st.integers(0, 40), window=st.integers(8, 40), seed=st.integers(0, 2**32 - 1))
+def test_training_batch_any_size(n, window, seed):
+    for dist in (PAPER, GENERAL):
+        noisy, clean = training_batch(n, rng=seed, window=window, distribution=dist)
+        assert noisy.shape == clean.shape == (n, window, window)
+        assert np.isfinite(noisy).all()
+
+
+def test_paper_clean_normalised_to_max_one():
+    _, clean = training_batch(2000, rng=1)
+    np.testing.assert_allclose(clean.max(axis=(1, 2)), 1.0, rtol=1e-5)
+    assert clean.min() >= 0.0
+
+
+def test_paper_clean_matches_direct_rendering():
+    """The tabulated fast path equals an exact sum of Gaussians rendered independently."""
+    gen = np.random.default_rng(5)
+    renderer = sim._fixed_renderer(srtio3_lattice(), 28, PAPER.angle_range)
+    fast = np.empty((50, 28, 28), np.float32)
+    renderer.render(np.random.default_rng(5), 50, fast)
+    # redraw the same angles and translations
+    angle = PAPER.angle_range[0] + (PAPER.angle_range[1] - PAPER.angle_range[0]) * gen.random(50)
+    trans = gen.random((50, 2))
+    lat = srtio3_lattice()
+    for k in range(50):
+        vec = lat.vectors(angle[k])
+        centre = np.array([13.5, 13.5])
+        cols, inten = [], []
+        for i in range(-6, 7):
+            for j in range(-6, 7):
+                for u, v, amp in lat.basis:
+                    cols.append(
+                        centre + (i + u + trans[k, 0]) * vec[0] + (j + v + trans[k, 1]) * vec[1]
+                    )
+                    inten.append(amp)
+        img = sim._render_image((28, 28), np.array(cols), np.array(inten), lat.sigma)
+        np.testing.assert_allclose(fast[k], img / img.max(), atol=2e-3)
+
+
+def test_general_clean_in_noisy_units():
+    noisy, clean = training_batch(3000, rng=2, distribution=GENERAL)
+    # Poisson windows: clean is expected counts, so per-window means agree
+    np.testing.assert_allclose(noisy.mean(axis=(1, 2)), clean.mean(axis=(1, 2)), rtol=0.5, atol=1.0)
+    ratio = noisy.mean() / clean.mean()
+    assert 0.98 < ratio < 1.02
+
+
+def test_determinism_by_seed():
+    for dist in (PAPER, GENERAL):
+        a = training_batch(700, rng=123, distribution=dist)
+        b = training_batch(700, rng=123, distribution=dist)
+        c = training_batch(700, rng=124, distribution=dist)
+        assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+        assert a[0].tobytes() != c[0].tobytes() and a[1].tobytes() != c[1].tobytes()
+    gen1, gen2 = np.random.default_rng(7), np.random.default_rng(7)
+    assert training_batch(5, rng=gen1)[0].tobytes() == training_batch(5, rng=gen2)[0].tobytes()
+    # a shared generator moves on
+    assert training_batch(5, rng=gen1)[0].tobytes() != training_batch(5, rng=7)[0].tobytes()
+
+
+def test_windows_differ_within_a_batch():
+    _, clean = training_batch(64, rng=0)
+    flat = clean.reshape(64, -1)
+    assert len(np.unique(flat.round(4), axis=0)) == 64
+
+
+@pytest.mark.parametrize("snr", [0.33, 1.0, 3.0])
+def test_realised_snr_within_5_percent(snr):
+    dist = TrainingDistribution.from_dict({**PAPER.to_dict(), "snr_range": [snr, snr]})
+    noisy, clean = training_batch(2000, rng=3, distribution=dist)
+    r = realised_snr(noisy, clean)
+    assert abs(r.mean() / snr - 1) < 0.05
+    assert np.all(np.abs(r / snr - 1) < 0.15)
+
+
+def test_paper_snr_is_the_papers():
+    noisy, clean = training_batch(1000, rng=4)
+    assert abs(realised_snr(noisy, clean).mean() / 0.33 - 1) < 0.05
+    noise = noisy - clean
+    # uniform noise: flat histogram, kurtosis 1.8, zero mean
+    z = noise / noise.std(axis=(1, 2), keepdims=True)
+    assert abs(float(np.mean(z**4)) - 1.8) < 0.05
+    assert abs(float(noise.mean())) < 0.01 * float(noise.std())
+
+
+def test_paper_distribution_geometry():
+    assert PAPER.period_px == sim.PAPER_PERIOD_PX == 9.0
+    assert PAPER.sigma_px == sim.PAPER_SIGMA_PX == 1.0
+    assert PAPER.spacing_range[0] == pytest.approx(9.0 / math.sqrt(2))
+    assert PAPER.angle_range == (0.0, 45.0)
+    assert PAPER.snr_range == (0.33, 0.33)
+
+
+# ------------------------------------------------------------------------------------------------
+# distributions and lattices
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dist", [PAPER, GENERAL])
+def test_distribution_json_round_trip(dist):
+    d = json.loads(json.dumps(dist.to_dict()))
+    assert TrainingDistribution.from_dict(d) == dist
+    # extra keys (e.g. from AEConfig.training) are ignored
+    assert TrainingDistribution.from_dict({**d, "n_samples": 10, "epochs": 3}) == dist
+
+
+def test_noise_model_round_trip():
+    nm = NoiseModel(dose=12.0, read_noise=0.3, row_offset=0.2, row_jitter=0.1, drift=0.01, blur=0.5)
+    assert NoiseModel.from_dict(json.loads(json.dumps(nm.to_dict()))) == nm
+
+
+@pytest.mark.parametrize(
+    ("lattice", "expected"),
+    [
+        (srtio3_lattice(9.0, 1.0), 9.0 / math.sqrt(2)),  # {110}: 1 + 0.7 beats {100}: 1 - 0.7
+        (Lattice(8.0, 8.0, 90, ((0, 0, 1.0),), 1.0), 8.0),
+        (Lattice(6.0, 12.0, 90, ((0, 0, 1.0),), 1.0), 12.0),
+        (Lattice(7.0, 7.0, 120, ((0, 0, 1.0),), 1.0), 7.0 * math.sqrt(3) / 2),
+        # three equal sub-lattices of a triangular lattice = a smaller triangular lattice
+        (Lattice(9.0, 9.0, 120, ((0, 0, 1), (1 / 3, 2 / 3, 1), (2 / 3, 1 / 3, 1)), 0.8), 4.5),
+    ],
+)
+def test_dominant_spacing_of_known_lattices(lattice, expected):
+    assert lattice.dominant_spacing() == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_dominant_spacing_is_what_an_fft_shows(seed):
+    lat = random_lattice(seed, kinds=sim.KINDS)
+    n = 256
+    gen = np.random.default_rng(seed)
+    angle = gen.uniform(0, 360)
+    vec = lat.vectors(angle)
+    m = 60
+    ii, jj = np.meshgrid(np.arange(-m, m + 1), np.arange(-m, m + 1), indexing="ij")
+    cols, inten = [], []
+    for u, v, amp in lat.basis:
+        p = (ii.ravel() + u)[:, None] * vec[0] + (jj.ravel() + v)[:, None] * vec[1] + n / 2
+        cols.append(p)
+        inten.append(np.full(len(p), amp))
+    img = sim._render_image((n, n), np.concatenate(cols), np.concatenate(inten), lat.sigma)
+    img = (img - img.mean()) * np.outer(np.hanning(n), np.hanning(n))
+    power = np.abs(np.fft.fftshift(np.fft.fft2(img)))
+    power[n // 2 - 2 : n // 2 + 3, n // 2 - 2 : n // 2 + 3] = 0
+    ky, kx = np.unravel_index(np.argmax(power), power.shape)
+    spacing = n / math.hypot(ky - n // 2, kx - n // 2)
+    assert spacing == pytest.approx(lat.dominant_spacing(), rel=0.06)
+
+
+@FAST
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    lo=st.floats(3.0, 12.0),
+    width=st.floats(0.0, 6.0),
+    kind=st.sampled_from(sim.KINDS),
+)
+def test_random_lattice_spacing_in_range(seed, lo, width, kind):
+    lat = random_lattice(seed, spacing_range=(lo, lo + width), kinds=[kind])
+    assert lo * (1 - 1e-9) <= lat.dominant_spacing() <= (lo + width) * (1 + 1e-9)
+    assert 1 <= len(set(site[2] for site in lat.basis)) <= 3
+    assert max(site[2] for site in lat.basis) == 1.0
+
+
+@FAST
+@given(factor=st.floats(0.3, 5.0), seed=st.integers(0, 1000))
+def test_scaling_scales_spacing_and_neighbours(factor, seed):
+    lat = random_lattice(seed)
+    big = lat.scaled(factor)
+    assert big.dominant_spacing() == pytest.approx(factor * lat.dominant_spacing(), rel=1e-9)
+    assert big.nearest_neighbour() == pytest.approx(factor * lat.nearest_neighbour(), rel=1e-9)
+
+
+def test_general_spacings_follow_the_distribution():
+    gen = np.random.default_rng(0)
+    vec, uv, inten, sigma, nn = sim._draw_structures(
+        4000, gen, kinds=GENERAL.kinds, spacing_range=GENERAL.spacing_range, log_uniform=True,
+        min_sigma_px=GENERAL.min_sigma_px, min_nn_fraction=GENERAL.min_nn_fraction,
+    )  # fmt: skip
+    ds = sim._dominant_spacings(vec, uv, inten, sigma)
+    assert ds.min() >= 6.0 - 1e-9 and ds.max() <= 10.0 + 1e-9
+    assert np.median(ds) == pytest.approx(math.sqrt(60.0), rel=0.05)  # log-uniform median
+    assert sigma.min() >= GENERAL.min_sigma_px
+    ratio = sigma / nn
+    assert ratio.min() >= 0.1 - 1e-9 and ratio.max() <= 0.22 + 1e-9
+
+
+# ------------------------------------------------------------------------------------------------
+# noise models
+# ------------------------------------------------------------------------------------------------
+
+
+def test_poisson_mean_equals_variance():
+    clean = np.ones((200, 32, 32), np.float32)
+    for dose in (2.0, 20.0):
+        noisy, expected = NoiseModel(dose=dose).apply(clean, rng=0)
+        np.testing.assert_allclose(expected, dose, rtol=1e-6)
+        assert noisy.mean() == pytest.approx(dose, rel=0.01)
+        assert noisy.var() == pytest.approx(dose, rel=0.03)
+        assert np.all(noisy == np.round(noisy))
+
+
+def test_poisson_variance_follows_the_local_mean():
+    _, clean = training_batch(400, rng=0)
+    noisy, expected = NoiseModel(dose=30.0).apply(clean, rng=1)
+    bins = np.digitize(expected, [5, 20, 40, 80])
+    for b in np.unique(bins):
+        sel = bins == b
+        if sel.sum() > 5000:
+            resid = noisy[sel] - expected[sel]
+            assert resid.var() == pytest.approx(expected[sel].mean(), rel=0.1)
+
+
+def test_row_offsets_constant_along_a_row():
+    _, clean = training_batch(20, rng=0)
+    noisy, out = NoiseModel(row_offset=0.5).apply(clean, rng=1)
+    np.testing.assert_array_equal(out, clean)
+    diff = noisy - clean
+    assert np.allclose(diff.std(axis=2), 0.0, atol=1e-6)  # constant along each row
+    assert diff[:, :, 0].std() == pytest.approx(0.5, rel=0.1)  # varies between rows
+
+
+def test_read_noise_gaussian_std():
+    clean = np.zeros((50, 64, 64), np.float32)
+    noisy, _ = NoiseModel(read_noise=2.0).apply(clean, rng=0)
+    assert noisy.std() == pytest.approx(2.0, rel=0.02)
+    assert abs(noisy.mean()) < 0.02
+
+
+def test_row_jitter_shifts_rows_not_the_clean():
+    x = np.arange(64, dtype=np.float32)
+    clean = np.broadcast_to(x, (64, 64)).copy()  # a ramp along x: a shift s changes it by -s
+    noisy, out = NoiseModel(row_jitter=0.3).apply(clean, rng=0)
+    np.testing.assert_array_equal(out, clean)
+    shift = (clean - noisy)[:, 5:-5].mean(axis=1)
+    assert np.allclose((clean - noisy)[:, 5:-5], shift[:, None], atol=1e-4)
+    assert shift.std() == pytest.approx(0.3, rel=0.3)
+
+
+def test_drift_shears_the_clean_image():
+    img = np.zeros((41, 41), np.float32)
+    img[:, 20] = 1.0
+    _, out = NoiseModel(drift=0.1).apply(img, rng=0)
+    centroid = (out * np.arange(41)).sum(1) / out.sum(1)
+    np.testing.assert_allclose(centroid, 20 + 0.1 * (np.arange(41) - 20), atol=1e-4)
+
+
+def test_blur_smooths_the_clean_image():
+    _, clean = training_batch(4, rng=0)
+    _, blurred = NoiseModel(blur=1.0).apply(clean, rng=0)
+    assert (blurred.std(axis=(1, 2)) < clean.std(axis=(1, 2))).all()
+    np.testing.assert_allclose(blurred.mean(axis=(1, 2)), clean.mean(axis=(1, 2)), rtol=0.02)
+
+
+@FAST
+@given(snr=st.floats(0.1, 10.0), seed=st.integers(0, 2**32 - 1))
+def test_noise_model_snr(snr, seed):
+    _, clean = training_batch(300, rng=seed)
+    noisy, out = NoiseModel(snr=snr).apply(clean, rng=seed)
+    assert abs(realised_snr(noisy, out).mean() / snr - 1) < 0.05
+
+
+def test_noise_model_2d_and_gaussian_kind():
+    img = np.random.default_rng(0).random((64, 64))
+    noisy, out = NoiseModel(snr=0.5, snr_noise="gaussian").apply(img, rng=0)
+    assert noisy.shape == (64, 64) and noisy.dtype == np.float32
+    assert (out.std() / (noisy - out).std()) == pytest.approx(0.5, rel=0.05)
+
+
+# ------------------------------------------------------------------------------------------------
+# scenes
+# ------------------------------------------------------------------------------------------------
+
+
+def peak_offsets(scene, margin=3):
+    """Sub-pixel peak of ``clean`` at each interior column (parabola through log intensities)."""
+    img = np.log(np.maximum(scene.clean.astype(float), 1e-30))
+    h, w = img.shape
+    out = []
+    for y, x in scene.columns:
+        iy, ix = (int(v) for v in np.rint((y, x)))
+        if not (margin <= iy < h - margin and margin <= ix < w - margin):
+            continue
+        c = img[iy, ix]
+        dy = 0.5 * (img[iy - 1, ix] - img[iy + 1, ix]) / (img[iy - 1, ix] - 2 * c + img[iy + 1, ix])
+        dx = 0.5 * (img[iy, ix - 1] - img[iy, ix + 1]) / (img[iy, ix - 1] - 2 * c + img[iy, ix + 1])
+        out.append((iy + dy - y, ix + dx - x))
+    return np.array(out)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {},
+        {"defect": "rp"},
+        {"defect": ["rp", "strain", "vacancies"], "angle": 17.0},
+        {"lattice": "rectangular", "angle": -30.0},
+        {"lattice": "hexagonal", "defect": "strain", "strain": 0.03},
+        {"noise": NoiseModel(dose=10.0, drift=0.02, blur=0.3, row_jitter=0.2)},
+    ],
+)
+def test_columns_sit_on_the_peaks_of_clean(kwargs):
+    scene = simulate_scene((160, 192), background=0.0, rng=11, **kwargs)
+    assert scene.clean.shape == scene.noisy.shape == (160, 192)
+    assert scene.clean.dtype == scene.noisy.dtype == np.float32
+    assert scene.columns.shape == (len(scene.column_types), 2)
+    off = peak_offsets(scene)
+    assert len(off) > 20
+    assert np.abs(off).max() < 0.05
+
+
+def test_scene_dose_and_determinism():
+    a = simulate_scene((96, 96), dose=25.0, defect=["rp", "vacancies", "strain"], rng=5)
+    b = simulate_scene((96, 96), dose=25.0, defect=["rp", "vacancies", "strain"], rng=5)
+    c = simulate_scene((96, 96), dose=25.0, defect=["rp", "vacancies", "strain"], rng=6)
+    assert a.clean.mean() == pytest.approx(25.0, rel=1e-5)
+    assert np.all(a.noisy == np.round(a.noisy))
+    assert a.noisy.tobytes() == b.noisy.tobytes() and a.columns.tobytes() == b.columns.tobytes()
+    assert a.noisy.tobytes() != c.noisy.tobytes()
+    assert a.pixel_size == 0.2 and a.lattice.a == pytest.approx(3.905 / 0.2)
+
+
+def test_scene_types():
+    scene = simulate_scene((128, 128), rng=0)
+    levels = sorted(set(scene.column_types.tolist()))
+    assert levels == [0, 1]
+    # Sr (type 0) columns are brighter than Ti–O (type 1) in the clean image
+    idx = np.round(scene.columns).astype(int)
+    ok = (idx >= 0).all(1) & (idx[:, 0] < 128) & (idx[:, 1] < 128)
+    vals = scene.clean[idx[ok, 0], idx[ok, 1]]
+    t = scene.column_types[ok]
+    assert vals[t == 0].mean() > vals[t == 1].mean() * 1.2
+
+
+def test_rp_fault_half_cell_shift_and_elongation():
+    a = 3.905 / 0.2
+    scene = simulate_scene((200, 260), defect="rp", dose=None, rng=3)
+    meta = scene.metadata["rp"]
+    fx = meta["fault_x"]
+    assert meta["fault_normal"] == pytest.approx([0.0, 1.0])
+    sr = scene.columns[scene.column_types == 0]
+    left, right = sr[sr[:, 1] < fx], sr[sr[:, 1] > fx]
+    # along the plane (y): right block shifted by half a cell relative to the left block
+    phase_left = np.angle(np.exp(2j * np.pi * left[:, 0] / a).mean()) * a / (2 * np.pi)
+    phase_right = np.angle(np.exp(2j * np.pi * right[:, 0] / a).mean()) * a / (2 * np.pi)
+    shift = (phase_right - phase_left) % a
+    assert shift == pytest.approx(a / 2, abs=0.05)
+    # Sr planes (x positions): the two next to the fault are a rock-salt gap (~a/2) apart
+    planes = np.unique(np.round(sr[:, 1], 6))
+    gaps = np.diff(planes)
+    k = np.searchsorted(planes, fx)
+    across = planes[k] - planes[k - 1]
+    amp, decay = meta["elongation"]["amplitude"], meta["elongation"]["decay_length_px"]
+    assert across == pytest.approx(a / 2 + 2 * sim.rp_displacement(a / 4, amp, decay), rel=1e-6)
+    # cells next to the plane are elongated (the imposed sign), decaying away from it
+    right_gaps = gaps[k:]
+    left_gaps = gaps[: k - 1][::-1]
+    for side in (right_gaps, left_gaps):
+        strain = side / a - 1
+        assert strain[0] > 0.03
+        assert np.all(np.diff(strain[:4]) < 0)
+        assert strain[0] == pytest.approx(
+            (sim.rp_displacement(a / 4 + a, amp, decay) - sim.rp_displacement(a / 4, amp, decay))
+            / a,
+            rel=1e-6,
+        )
+
+
+def test_rp_negative_elongation_has_that_sign():
+    a = 3.905 / 0.2
+    scene = simulate_scene((120, 200), defect="rp", rp_elongation=-0.05, dose=None, rng=0)
+    fx = scene.metadata["rp"]["fault_x"]
+    sr = scene.columns[scene.column_types == 0]
+    planes = np.unique(np.round(sr[:, 1], 6))
+    k = np.searchsorted(planes, fx)
+    assert planes[k + 1] - planes[k] < a
+
+
+def test_vacancies_recorded():
+    full = simulate_scene((128, 128), rng=2)
+    vac = simulate_scene((128, 128), defect="vacancies", vacancy_fraction=0.1, rng=2)
+    meta = vac.metadata["vacancies"]
+    n_gone = len(meta["positions"])
+    assert n_gone == round(0.1 * len(full.columns))
+    assert len(vac.columns) + n_gone == len(full.columns)
+    # the clean image is dark where a column was removed
+    for y, x in meta["positions"]:
+        iy, ix = (int(v) for v in np.rint((y, x)))
+        if 2 <= iy < 126 and 2 <= ix < 126:
+            assert vac.clean[iy, ix] < 0.5 * full.clean[iy, ix]
+
+
+def test_strain_field_recorded_and_applied():
+    scene = simulate_scene((128, 128), defect="strain", strain=0.02, dose=None, rng=4)
+    params = scene.metadata["strain"]
+    assert params["amplitude"] == 0.02
+    ref = scene.metadata["reference_columns"]
+    dy, dx = sim.strain_displacement(ref[:, 0], ref[:, 1], params)
+    np.testing.assert_allclose(scene.columns, ref + np.stack([dy, dx], -1), atol=1e-9)
+    eyy, exx = sim.strain_tensor(ref[:, 0], ref[:, 1], params)
+    assert max(np.abs(eyy).max(), np.abs(exx).max()) <= 0.02 + 1e-12
+    json.dumps({k: v for k, v in params.items()})  # parameters only, JSON-ready
+
+
+# ------------------------------------------------------------------------------------------------
+# bad arguments
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("call", "match"),
+    [
+        (lambda: NoiseModel(snr=0.0), r"snr must be > 0.*0\.0"),
+        (lambda: NoiseModel(snr=-1.0), r"snr must be > 0.*-1\.0"),
+        (lambda: NoiseModel(dose=-1.0), r"dose must be .*>= 0.*-1\.0"),
+        (lambda: simulate_scene((64, 64), dose=-3.0), r"dose must be >= 0.*-3\.0"),
+        (lambda: TrainingDistribution(snr_range=(0.0, 1.0)), r"snr must be > 0"),
+        (lambda: TrainingDistribution(dose_range=(-1.0, 10.0)), r"dose must be > 0"),
+        (lambda: srtio3_lattice(period=1.5), r"period must be >= 2.*1\.5"),
+        (lambda: TrainingDistribution(period_px=1.0), r"period must be >= 2.*1\.0"),
+        (lambda: TrainingDistribution(spacing_range=(1.0, 5.0)), r"spacing_range must satisfy 2"),
+        (lambda: simulate_scene((64, 64), pixel_size=3.0), r"period must be >= 2"),
+        (lambda: training_batch(4, window=7), r"window must be an int >= 8.*7"),
+        (lambda: simulate_scene((64, 64), defect="dislocation"), r"unknown defect 'dislocation'"),
+        (lambda: simulate_scene((64, 64), defect=["rp", "x"]), r"unknown defect 'x'.*rp"),
+        (lambda: simulate_scene((64, 64), lattice="fcc"), r"unknown lattice 'fcc'.*srtio3"),
+        (lambda: TrainingDistribution(kinds=("cubic",)), r"unknown lattice kind 'cubic'"),
+        (lambda: training_batch(4, distribution="nope"), r"unknown training distribution"),
+        (lambda: simulate_scene((64, 64), lattice="hexagonal", defect="rp"), r"rectangular"),
+        (lambda: simulate_scene((64, 64), strain=0.5), r"strain must be in \[0, 0.2\]"),
+        (lambda: training_batch(-1), r"n must be an int >= 0"),
+    ],
+)
+def test_bad_arguments_raise_value_error(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+def test_as_generator():
+    g = np.random.default_rng(0)
+    assert as_generator(g) is g
+    assert as_generator(3).integers(1000) == np.random.default_rng(3).integers(1000)
+    assert isinstance(as_generator(None), np.random.Generator)
+    with pytest.raises(TypeError):
+        as_generator("seed")
