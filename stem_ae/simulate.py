@@ -1094,9 +1094,8 @@ class _FixedLatticeRenderer:
         self.block = rows.shape[0]
         self.gx_rows = rows.astype(np.float32)
         self.gy_rows = np.concatenate([rows * lv for lv in self.levels]).astype(np.float32)
-        self.row_sum = rows.sum(1)
-        self.row_sq = (rows * rows).sum(1)
-        self.row_max = rows.max(1)
+        # per row: max, sum, sum of squares (for the analytic peak, mean and std of a window)
+        self.row_stats = np.stack([rows.max(1), rows.sum(1), (rows * rows).sum(1)], -1)
         self.lat_vec = cell
 
     def _row_index(self, c):
@@ -1140,9 +1139,11 @@ class _FixedLatticeRenderer:
         npx = self.window * self.window
         if self.exact_stats:
             inten = self.levels[typ]
-            peak = (inten * self.row_max[iy] * self.row_max[ix]).max(1)
-            mean = (inten * self.row_sum[iy] * self.row_sum[ix]).sum(1) / npx
-            msq = (inten * inten * self.row_sq[iy] * self.row_sq[ix]).sum(1) / npx
+            prod = np.take(self.row_stats, iy, axis=0)
+            prod *= np.take(self.row_stats, ix, axis=0)  # (n, K, 3)
+            peak = (inten * prod[..., 0]).max(1)
+            mean = (inten * prod[..., 1]).sum(1) / npx
+            msq = (inten * inten * prod[..., 2]).sum(1) / npx
         else:
             flat = out.reshape(n, npx)
             peak = flat.max(1).astype(float)
@@ -1164,8 +1165,8 @@ def _fixed_renderer(lat, window, angle_range) -> _FixedLatticeRenderer:
     return _RENDERERS[key]
 
 
-# discrete uniform noise: int16 from raw random bytes, 2**16 levels, std sqrt((2**32 - 1) / 12);
-# its mean, -1/2 level, is 3e-5 of its std
+# discrete uniform noise: int16 from the raw 64-bit output of the bit generator (4 per word),
+# 2**16 levels, std sqrt((2**32 - 1) / 12); its mean, -1/2 level, is 3e-5 of its std
 _I16_STD = math.sqrt((2.0**32 - 1) / 12.0)
 
 
@@ -1176,7 +1177,8 @@ def _paper_chunk(n, gen, window, dist, noisy, clean):
     lo, hi = dist.snr_range
     std /= lo if lo == hi else _log_uniform(gen, lo, hi, size=n)
     if dist.snr_noise == "uniform":
-        raw = np.frombuffer(gen.bytes(2 * n * window * window), dtype="<i2")
+        npx = n * window * window
+        raw = gen.bit_generator.random_raw(-(-npx // 4)).view("<i2")[:npx]
         np.multiply(
             raw.reshape(n, window, window),
             (std / _I16_STD).astype(np.float32)[:, None, None],
