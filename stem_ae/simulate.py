@@ -27,8 +27,22 @@ The strongest Fourier reflection of this lattice is {110} (structure factor 1 + 
 ``spacing_range`` recorded in :data:`PAPER`.
 
 SNR is defined per window as ``std(clean) / std(noise)``; "uniform" noise is zero-mean noise drawn
-from a uniform distribution (the paper's wording), scaled per window so that its standard deviation
-is ``std(clean) / snr``.
+from a uniform distribution (the paper's wording; 2**16 discrete levels), scaled per window so that
+its standard deviation is ``std(clean) / snr``.
+
+Broad recipe (:data:`GENERAL`)
+------------------------------
+Square, rectangular, centred-rectangular and hexagonal lattices with 1–3 column types, scaled so
+that :meth:`Lattice.dominant_spacing` is log-uniform in 6–10 px, with local disorder in 30 % of the
+windows, and physical noise: Poisson at 1–100 counts/px, read noise, scan-line offsets, row
+jitter, occasional probe blur (10 % of windows get paper-like uniform noise instead). Every range
+is a field of :class:`TrainingDistribution` and is saved with a model (``to_dict``).
+
+Scenes (:func:`simulate_scene`)
+-------------------------------
+Whole images in physical units (Å/px, counts/px) with ground-truth column positions and defects:
+a Ruddlesden–Popper fault, vacancies, a smooth strain field. The truth for Figure 3 and for the
+quantitative tests of reconstruction.
 
 Speed
 -----
