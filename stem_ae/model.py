@@ -340,11 +340,14 @@ def standardize(windows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     windows = np.asarray(windows)
     if windows.ndim < 2:
         raise ValueError(f"windows must have shape (..., w, w), got {windows.shape}")
-    values = windows.astype(np.float64, copy=False)
-    mu = values.mean(axis=(-2, -1), keepdims=True)
-    scale = values.std(axis=(-2, -1), keepdims=True) + 1e-6 * (np.abs(mu) + 1)
-    z = (values - mu) / scale
-    return z.astype(np.float32), mu.astype(np.float32), scale.astype(np.float32)
+    flat = windows.reshape(*windows.shape[:-2], -1)
+    mu = flat.mean(axis=-1, keepdims=True, dtype=np.float64).astype(np.float32)
+    z = flat.astype(np.float32) - mu  # a new array: centred first, so no cancellation
+    variance = np.einsum("...i,...i->...", z, z)[..., None] / np.float32(flat.shape[-1])
+    scale = np.sqrt(variance) + np.float32(1e-6) * (np.abs(mu) + 1)
+    z /= scale
+    shape = (*windows.shape[:-2], 1, 1)
+    return z.reshape(windows.shape), mu.reshape(shape), scale.reshape(shape)
 
 
 def unstandardize(z: np.ndarray, mu: np.ndarray, scale: np.ndarray) -> np.ndarray:
@@ -442,6 +445,7 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
             fresh = model  # not one of ours: save it as it is
         fresh.save(temporary / _MODEL_FILE)
         config.to_json(temporary / _CONFIG_FILE)
+        temporary.chmod(0o755)  # mkdtemp makes it private; a model folder is ordinary data
         if path.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
             os.replace(path, old / path.name)

@@ -48,17 +48,21 @@ RECIPES: dict[str, dict[str, Any]] = {
         "config": AEConfig(encoder=(512, 256, 128), code=64, name="paper"),
         "distribution": "paper",
         "n_samples": 700_000,
-        "epochs": 6,
+        "epochs": 5,
         "batch_size": 512,
         "seed": 0,
+        "precision": "mixed_bfloat16",
     },
     "general": {
         "config": AEConfig(encoder=(512, 256, 128), code=64, name="general"),
         "distribution": "general",
         "n_samples": 700_000,
-        "epochs": 6,
+        "epochs": 5,
         "batch_size": 512,
         "seed": 1,
+        "precision": "mixed_bfloat16",
+        "pool_size": 262_144,
+        "processes": 2,
     },
 }
 
@@ -87,7 +91,8 @@ def _standardized_pair(noisy: np.ndarray, clean: np.ndarray, normalization: str)
     """Model input and target for (noisy, clean) windows under the model input convention."""
     if normalization == "window":
         z, mu, scale = standardize(noisy)
-        target = ((clean - mu) / scale).astype(np.float32)
+        target = np.asarray(clean, np.float32) - mu
+        target /= scale
         return z, target
     return noisy.astype(np.float32, copy=False), clean.astype(np.float32, copy=False)
 
@@ -358,6 +363,7 @@ def train(
     block_size: int = 32_768,
     pool_size: int | None = None,
     processes: int = 1,
+    precision: str = "float32",
     verbose: int = 0,
 ) -> tuple[keras.Sequential, keras.callbacks.History]:
     """Train an auto-encoder on windows streamed from the simulator.
@@ -394,6 +400,10 @@ def train(
         distributions slower to simulate than to train on. Recorded in the config.
     processes : int
         Processes that draw the pool.
+    precision : {"float32", "mixed_bfloat16"}
+        Compute precision during training. ``"mixed_bfloat16"`` (float32 weights, bfloat16
+        matrix products) trains about twice as fast on CPUs with AMX/AVX512-BF16; the returned
+        model is float32 either way.
     verbose : int
         Passed to ``Model.fit``; 0 (silent) by default.
 
@@ -416,6 +426,8 @@ def train(
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if schedule not in ("cosine", "constant"):
         raise ValueError(f"unknown schedule {schedule!r}; use 'cosine' or 'constant'")
+    if precision not in ("float32", "mixed_bfloat16"):
+        raise ValueError(f"unknown precision {precision!r}; use 'float32' or 'mixed_bfloat16'")
     distribution = resolve_distribution(distribution)
     record = {
         **distribution.to_dict(),
@@ -424,13 +436,19 @@ def train(
         "batch_size": int(batch_size),
         "seed": int(seed),
         "schedule": schedule,
+        "precision": precision,
     }
     if pool_size is not None:
         record["pool_size"] = int(pool_size)
     config = dataclasses.replace(config, training=record)
 
     keras.utils.set_random_seed(seed)
-    model = build_autoencoder(config)
+    policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(precision)
+    try:
+        model = build_autoencoder(config)
+    finally:
+        keras.mixed_precision.set_global_policy(policy)
     pool = None
     if pool_size is not None:
         pool = draw_pool(
@@ -475,6 +493,9 @@ def train(
         )
     finally:
         stream.close()
+    if precision != "float32":
+        trained, model = model, build_autoencoder(config)
+        model.set_weights(trained.get_weights())
     return model, history
 
 
