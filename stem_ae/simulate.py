@@ -1329,6 +1329,15 @@ class Scene:
     noisy realisation, ``columns`` the true column centres ``(y, x)`` px (those inside the image;
     they sit on the peaks of ``clean``), ``column_types`` their type (0 strongest), ``lattice`` the
     unstrained lattice in px (before rotation), ``metadata`` the defects and their parameters.
+
+    ``metadata`` keys: ``defect`` (list or None), ``lattice`` (preset name), ``pixel_size``,
+    ``angle``, ``sigma_px``, ``background``, ``noise`` (``NoiseModel.to_dict()``),
+    ``reference_columns`` (the columns before the strain field is applied, same order as
+    ``columns``); with ``"rp"``: ``rp`` (``fault_point``, ``fault_normal``, ``fault_direction``,
+    ``fault_x`` (None unless the plane is vertical), shifts, and ``elongation`` with its
+    ``amplitude``, ``decay_length_px`` and profile formula: see :func:`rp_elongation_profile`);
+    with ``"vacancies"``: ``vacancies`` (``fraction``, removed ``positions`` and ``types``); with a
+    strain field: ``strain`` (parameters for :func:`strain_displacement`/:func:`strain_tensor`).
     """
 
     clean: np.ndarray
