@@ -1,0 +1,743 @@
+"""The ``stem-ae`` command: denoise, inspect, simulate and train from a terminal.
+
+This is the only module of stem_ae that prints. Every subcommand checks its arguments, paths and
+input pixels *before* importing TensorFlow/Keras, so a mistake is reported in well under a second.
+Any bad input ends the command with exit status 2 and exactly one line on stderr,
+``stem-ae: error: <what is wrong> — <what to do>``, with no traceback, no partial output file
+and the input untouched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+import os
+import re
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from stem_ae._version import __version__
+
+PROG = "stem-ae"
+WINDOW = 28  # the auto-encoder window, px (checked again by the library)
+MAX_PIXEL_SIZE = 100.0  # Å/px; coarser than this is not an atomic-resolution image
+EXIT_BAD_INPUT = 2
+SHIPPED_MODELS = ("general", "paper")
+
+
+# What TensorFlow's C++ logging writes at import however TF_CPP_MIN_LOG_LEVEL is set.
+_NATIVE_NOISE = re.compile(r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog)")
+
+
+class UsageError(Exception):
+    """A bad argument, path or input file; its message is printed as one line."""
+
+
+# --------------------------------------------------------------------------------------------
+# argument parsing
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line: ``stem-ae: error: … — see … --help``."""
+
+    def error(self, message: str):
+        raise UsageError(f"{message} — see '{self.prog} --help'.")
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30)
+
+
+DENOISE_EPILOG = """\
+examples:
+  # one image; writes a calibrated float32 TIFF (opens in Fiji, napari, HyperSpy)
+  stem-ae denoise data/Tecnai_Osiris_SrTiO3.tif -o SrTiO3_denoised.tif
+
+  # a DigitalMicrograph file, with the per-pixel spread and an 8-bit PNG preview
+  stem-ae denoise data/REBCO-ROI_raw.dm3 -o REBCO.tif --uncertainty --preview
+
+  # many files into a folder, two threads
+  mkdir denoised && stem-ae denoise scans/*.dm4 -o denoised/ --workers 2
+
+outputs: OUT (.tif/.tiff/.npy/.png); with --uncertainty OUT_uncertainty.tif; with
+--preview OUT.png. Several inputs write <name>_denoised.tif into the folder OUT.
+The lattice is measured from the image, so an uncalibrated or mis-calibrated file
+still works; --pixel-size only overrides the file's calibration (stored in the
+output and cross-checked against the lattice).
+"""
+
+INFO_EPILOG = """\
+example:
+  stem-ae info data/REBCO-ROI_raw.dm3
+"""
+
+SIMULATE_EPILOG = """\
+example:
+  # a 512x512 SrTiO3 scene with a Ruddlesden-Popper fault, 16 counts/px
+  stem-ae simulate scene.tif --shape 512 512 --defect rp --dose 16 --pixel-size 0.2 --seed 0
+  # writes scene.tif (noisy), scene_clean.tif and scene_columns.csv (true y, x in px)
+"""
+
+TRAIN_EPILOG = """\
+example:
+  # a small model on the broad "general" distribution (the shipped models used more)
+  stem-ae train --out my_model --distribution general --samples 100000 --epochs 4 --seed 0
+  stem-ae denoise image.tif -o out.tif --model my_model
+
+--config takes a JSON file of AEConfig fields, e.g. {"encoder": [512, 256], "code": 64}.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``stem-ae`` argument parser (no heavy imports)."""
+    parser = _Parser(
+        prog=PROG,
+        description=(
+            "Denoise atomic-resolution HAADF STEM images with a dense stacked auto-encoder "
+            "applied in a floating 28x28 px window."
+        ),
+        formatter_class=_Formatter,
+        epilog="Run 'stem-ae <command> --help' for a worked example of each command.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="<command>", parser_class=_Parser)
+
+    denoise = commands.add_parser(
+        "denoise",
+        help="denoise one or more images",
+        description="Denoise microscope images (.dm3 .dm4 .ser .emd .tif .tiff .npy .png).",
+        epilog=DENOISE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    denoise.add_argument("inputs", nargs="+", metavar="IN", help="input image file(s)")
+    denoise.add_argument(
+        "-o", "--output", required=True, metavar="OUT", help="output file, or folder for many"
+    )
+    denoise.add_argument(
+        "--model",
+        default="general",
+        metavar="MODEL",
+        help="'general' (default), 'paper', or a model folder / .keras file",
+    )
+    denoise.add_argument(
+        "--step", type=int, default=2, metavar="N", help="window step, px, 1..28 (default 2)"
+    )
+    denoise.add_argument(
+        "--pixel-size",
+        type=float,
+        metavar="Å",
+        help="pixel size in Å/px, overriding the file's calibration",
+    )
+    denoise.add_argument(
+        "--uncertainty", action="store_true", help="also write the per-pixel spread"
+    )
+    denoise.add_argument("--preview", action="store_true", help="also write an 8-bit PNG")
+    denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    denoise.add_argument(
+        "--workers", type=int, metavar="N", help="threads for frame series and large images"
+    )
+    denoise.set_defaults(handler=_cmd_denoise)
+
+    info = commands.add_parser(
+        "info",
+        help="shape, dtype, calibration and lattice of a file",
+        description="Print a file's shape, dtype, calibration and measured lattice.",
+        epilog=INFO_EPILOG,
+        formatter_class=_Formatter,
+    )
+    info.add_argument("file", metavar="FILE")
+    info.set_defaults(handler=_cmd_info)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="write a simulated scene and its true column positions",
+        description="Simulate a noisy HAADF scene; write it and a CSV of its true columns.",
+        epilog=SIMULATE_EPILOG,
+        formatter_class=_Formatter,
+    )
+    simulate.add_argument("output", metavar="OUT", help="image file (.tif/.tiff/.npy/.png)")
+    simulate.add_argument(
+        "--shape", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="px"
+    )
+    simulate.add_argument("--defect", default=None, help="e.g. 'rp' (Ruddlesden-Popper fault)")
+    simulate.add_argument("--dose", type=float, default=16.0, help="mean counts per px")
+    simulate.add_argument("--pixel-size", type=float, default=0.2, metavar="Å", help="Å/px")
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    simulate.set_defaults(handler=_cmd_simulate)
+
+    train = commands.add_parser(
+        "train",
+        help="train an auto-encoder on simulated windows",
+        description="Train an auto-encoder with stem_ae.train.train and save it to a folder.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=_Formatter,
+    )
+    train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
+    train.add_argument("--config", metavar="JSON", help="AEConfig fields as a JSON file")
+    train.add_argument("--distribution", default="paper", help="'paper' (default) or 'general'")
+    train.add_argument("--samples", type=int, default=700_000, metavar="N", help="per epoch")
+    train.add_argument("--epochs", type=int, default=6, metavar="E")
+    train.add_argument("--seed", type=int, default=0, metavar="S")
+    train.add_argument("--overwrite", action="store_true", help="replace an existing folder")
+    train.set_defaults(handler=_cmd_train)
+    return parser
+
+
+# --------------------------------------------------------------------------------------------
+# checks that need no TensorFlow
+
+
+def _check_step(step: int) -> int:
+    if not 1 <= step <= WINDOW:
+        raise UsageError(
+            f"--step {step} is outside 1..{WINDOW} px — use 2 (default, best), "
+            f"or up to {WINDOW} for speed."
+        )
+    return step
+
+
+def _check_pixel_size(pixel_size: float | None, flag: str = "--pixel-size") -> float | None:
+    if pixel_size is None:
+        return None
+    if not math.isfinite(pixel_size) or pixel_size <= 0:
+        raise UsageError(
+            f"{flag} {pixel_size} must be a positive number of Å/px — e.g. 0.2; "
+            f"leave it out to use the file's calibration."
+        )
+    if pixel_size > MAX_PIXEL_SIZE:
+        raise UsageError(
+            f"{flag} {pixel_size} Å/px is not an atomic-resolution sampling (> "
+            f"{MAX_PIXEL_SIZE:g} Å/px) — give Å per pixel (0.135, not 13.5 nm or 135 pm)."
+        )
+    return pixel_size
+
+
+def _shipped_model_names() -> list[str]:
+    folder = Path(__file__).resolve().parent / "models"
+    present = sorted(p.name for p in folder.iterdir() if (p / "model.keras").is_file())
+    return sorted(set(present) | set(SHIPPED_MODELS))
+
+
+def _check_model(model: str) -> str:
+    names = _shipped_model_names()
+    if model in names:
+        return model
+    path = Path(model)
+    if not path.exists():
+        raise UsageError(
+            f"--model {model!r} is neither a shipped model ({', '.join(names)}) nor an existing "
+            f"path — use one of those names or a folder/.keras file written by stem-ae train."
+        )
+    model_file = path / "model.keras" if path.is_dir() else path
+    if not model_file.is_file():
+        raise UsageError(
+            f"--model {model}: the folder holds no model.keras — give a folder written by "
+            f"'stem-ae train' or stem_ae.save_model, or a .keras file."
+        )
+    import zipfile
+
+    if model_file.suffix != ".keras" or not zipfile.is_zipfile(model_file):
+        raise UsageError(
+            f"--model {model_file} is not a Keras model (.keras archive) — give a folder "
+            f"written by 'stem-ae train' or stem_ae.save_model, or 'general'/'paper'."
+        )
+    return model
+
+
+def _check_input(path: Path) -> Path:
+    from stem_ae.io import READ_EXTENSIONS
+
+    if not path.exists():
+        raise UsageError(f"input {path} does not exist — check the path and the spelling.")
+    if path.is_dir():
+        raise UsageError(f"input {path} is a folder — give image files (e.g. {path}/*.dm4).")
+    if path.suffix.lower() not in READ_EXTENSIONS:
+        raise UsageError(
+            f"input {path} has an unsupported file type {path.suffix or '(none)'!r} — give "
+            f"one of {' '.join(READ_EXTENSIONS)}."
+        )
+    if path.stat().st_size == 0:
+        raise UsageError(f"input {path} is empty (0 bytes) — copy it again from its source.")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"input {path} is not readable — check its permissions.")
+    return path
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return a.exists() and b.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def _check_folder_writable(folder: Path) -> None:
+    if not folder.exists():
+        raise UsageError(
+            f"output folder {folder} does not exist — create it first (mkdir -p {folder})."
+        )
+    if not folder.is_dir():
+        raise UsageError(f"output folder {folder} is not a folder — choose another output path.")
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".stem-ae-check-"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise UsageError(
+            f"cannot write to output folder {folder} ({reason}) — choose a writable folder."
+        ) from None
+
+
+def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> None:
+    from stem_ae.io import WRITE_EXTENSIONS
+
+    seen: dict[Path, Path] = {}
+    for output in outputs:
+        if output.suffix.lower() not in WRITE_EXTENSIONS:
+            raise UsageError(
+                f"output {output} has an unsupported type {output.suffix or '(none)'!r} — "
+                f"end it in one of {' '.join(WRITE_EXTENSIONS)}."
+            )
+        for source in inputs:
+            if _same_file(output, source):
+                raise UsageError(
+                    f"output {output} is the input file {source} — choose another output "
+                    f"name; stem-ae never overwrites its input."
+                )
+        key = output.resolve()
+        if key in seen:
+            raise UsageError(
+                f"two outputs would both be written to {output} — give the inputs different "
+                f"names or process them separately."
+            )
+        seen[key] = output
+        if output.is_dir():
+            raise UsageError(f"output {output} is a folder — give a file name.")
+        if output.exists() and not overwrite:
+            raise UsageError(f"output {output} exists — pass --overwrite to replace it.")
+    for folder in {output.parent for output in outputs}:
+        _check_folder_writable(folder)
+
+
+def _side_outputs(output: Path, uncertainty: bool, preview: bool) -> dict[str, Path]:
+    paths = {"denoised": output}
+    if uncertainty:
+        suffix = ".tif" if output.suffix.lower() == ".png" else output.suffix
+        paths["uncertainty"] = output.with_name(f"{output.stem}_uncertainty{suffix}")
+    if preview:
+        name = f"{output.stem}_preview.png" if output.suffix.lower() == ".png" else None
+        paths["preview"] = output.with_name(name or f"{output.stem}.png")
+    return paths
+
+
+def _check_pixels(image, path: Path) -> None:
+    import numpy as np
+
+    if min(image.shape[-2:]) < WINDOW:
+        raise UsageError(
+            f"{path} is {image.shape[-2]}×{image.shape[-1]} px, smaller than the "
+            f"{WINDOW}×{WINDOW} px window — give an image of at least {WINDOW}×{WINDOW} px."
+        )
+    finite = np.isfinite(image)
+    if not finite.all():
+        bad = int(image.size - np.count_nonzero(finite))
+        raise UsageError(
+            f"{path} has {bad} NaN/Inf pixel(s) — replace or crop them (e.g. with the median) "
+            f"before denoising."
+        )
+    if image.min() == image.max():
+        raise UsageError(
+            f"{path} is constant (every pixel = {image.flat[0]}) — nothing to denoise; check "
+            f"that it is the right image/channel."
+        )
+
+
+def _measure_lattice(image, path: Path):
+    """The lattice of the image (the mean of up to 8 frames of a series)."""
+    import numpy as np
+
+    from stem_ae.reconstruct import estimate_lattice
+
+    frame = image if image.ndim == 2 else image[: min(8, len(image))].mean(axis=0)
+    try:
+        return estimate_lattice(np.asarray(frame, np.float64))
+    except ValueError as error:
+        raise UsageError(
+            f"no crystal lattice found in {path} ({_one_line(error)}) — stem-ae denoises "
+            f"atomic-resolution images of crystals; check that it is not vacuum, amorphous or "
+            f"too noisy."
+        ) from None
+
+
+@contextlib.contextmanager
+def _filtered_native_stderr():
+    """Capture file descriptor 2 and pass on all but TensorFlow's informational log lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not _NATIVE_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def _read(path: Path):
+    from stem_ae.io import read_image
+
+    try:
+        return read_image(path)
+    except (ValueError, OSError) as error:
+        raise UsageError(
+            _with_fix(_one_line(error), f"check that {path} is a readable image file.")
+        ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# subcommands
+
+
+def _format_shape(shape: Sequence[int]) -> str:
+    return "×".join(str(n) for n in shape)
+
+
+def _pixel_text(pixel_size: float | None, source: str | None) -> str:
+    if pixel_size is None:
+        return "uncalibrated"
+    return f"{pixel_size:.4g} Å/px ({source})"
+
+
+def _cmd_denoise(args: argparse.Namespace) -> int:
+    step = _check_step(args.step)
+    pixel_size = _check_pixel_size(args.pixel_size)
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers {args.workers} must be >= 1 — e.g. --workers 2.")
+    model_name = _check_model(args.model)
+    inputs = [_check_input(Path(name)) for name in args.inputs]
+    for i, first in enumerate(inputs):
+        for second in inputs[i + 1 :]:
+            if _same_file(first, second):
+                raise UsageError(f"input {second} is given twice — name each file once.")
+
+    output = Path(args.output)
+    folder_mode = len(inputs) > 1 or output.is_dir() or args.output.endswith(("/", os.sep))
+    if folder_mode:
+        if not output.exists():
+            raise UsageError(
+                f"output folder {output} does not exist — create it first (mkdir -p {output})."
+            )
+        if not output.is_dir():
+            raise UsageError(
+                f"output {output} must be a folder for {len(inputs)} inputs — give a folder."
+            )
+        targets = [output / f"{source.stem}_denoised.tif" for source in inputs]
+    else:
+        targets = [output]
+    plans = [_side_outputs(target, args.uncertainty, args.preview) for target in targets]
+    _check_outputs([p for plan in plans for p in plan.values()], inputs, args.overwrite)
+
+    # Read and check every input before any work: a bad file fails the run up front.
+    images = []
+    for source in inputs:
+        image, meta = _read(source)
+        _check_pixels(image, source)
+        lattice = _measure_lattice(image, source)
+        images.append((image, meta, lattice))
+
+    from tqdm.auto import tqdm
+
+    from stem_ae.io import write_image
+    from stem_ae.reconstruct import denoise
+
+    try:
+        with _filtered_native_stderr():
+            from stem_ae.model import load_model
+
+            model = load_model(model_name)
+    except (ValueError, TypeError, OSError) as error:
+        raise UsageError(
+            _with_fix(
+                f"--model {model_name}: {_one_line(error)}",
+                "give 'general', 'paper' or a folder written by 'stem-ae train'.",
+            )
+        ) from None
+
+    bar = tqdm(total=len(inputs), unit="file", disable=None, dynamic_ncols=True, leave=False)
+    with bar:
+        for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):
+            started = time.perf_counter()
+            bar.set_description(meta.path.name)
+
+            def progress(done: int, total: int, _index: int = index) -> None:
+                bar.n = _index + done / max(total, 1)
+                bar.refresh()
+
+            used = pixel_size if pixel_size is not None else meta.pixel_size
+            source_text = "--pixel-size" if pixel_size is not None else meta.pixel_size_source
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                result = denoise(
+                    image,
+                    pixel_size=used,
+                    step=step,
+                    model=model,
+                    return_uncertainty=args.uncertainty,
+                    workers=args.workers,
+                    progress=progress,
+                )
+            denoised, spread = result if args.uncertainty else (result, None)
+            write_image(plan["denoised"], denoised, pixel_size=used, overwrite=args.overwrite)
+            if spread is not None:
+                write_image(plan["uncertainty"], spread, pixel_size=used, overwrite=args.overwrite)
+            if "preview" in plan:
+                first = denoised if denoised.ndim == 2 else denoised[0]
+                write_image(plan["preview"], first, overwrite=args.overwrite)
+            bar.n = index + 1
+            bar.refresh()
+            elapsed = time.perf_counter() - started
+            period = lattice.dominant_spacing
+            in_angstrom = f" = {period * used:.3g} Å" if used else ""
+            extra = ", ".join(str(p) for key, p in plan.items() if key != "denoised")
+            bar.write(
+                f"{meta.path} -> {plan['denoised']}: {_format_shape(meta.shape)} {meta.dtype}, "
+                f"pixel size {_pixel_text(used, source_text)}, period "
+                f"{period:.2f} px{in_angstrom} at {lattice.dominant_angle:.1f}°, model "
+                f"{model_name}, step {step}, {elapsed:.1f} s" + (f" (+ {extra})" if extra else "")
+            )
+            for warning in caught:
+                bar.write(f"{PROG}: warning: {meta.path}: {_one_line(warning.message)}", sys.stderr)
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    path = _check_input(Path(args.file))
+    image, meta = _read(path)
+    data = np.asarray(image, np.float64)
+    finite = np.isfinite(data)
+    lines = [
+        ("file", f"{meta.path} ({meta.file_format}{', ' + meta.dataset if meta.dataset else ''})"),
+        ("shape", _format_shape(meta.shape) + (" (frames, H, W)" if len(meta.shape) == 3 else "")),
+        ("dtype", str(meta.dtype)),
+    ]
+    if finite.any():
+        values = data[finite]
+        lines.append(
+            ("values", f"{values.min():.6g} … {values.max():.6g}, mean {values.mean():.6g}")
+        )
+    if not finite.all():
+        lines.append(("non-finite", f"{data.size - int(finite.sum())} NaN/Inf pixel(s)"))
+    pixel = _pixel_text(meta.pixel_size, meta.pixel_size_source)
+    if (
+        meta.pixel_size_yx
+        and abs(meta.pixel_size_yx[0] - meta.pixel_size_yx[1]) > 1e-3 * (meta.pixel_size_yx[1])
+    ):
+        pixel += f"; y {meta.pixel_size_yx[0]:.4g} Å/px"
+    lines.append(("pixel size", pixel))
+    if min(meta.shape[-2:]) < WINDOW or not finite.all() or data.min() == data.max():
+        lines.append(("lattice", "not measured (image too small, constant or not finite)"))
+    else:
+        try:
+            lattice = _measure_lattice(image, path)
+        except UsageError:
+            lines.append(("lattice", "none found (vacuum, amorphous or too noisy?)"))
+        else:
+            scale = meta.pixel_size
+            spacings = ", ".join(
+                f"{s:.2f} px" + (f" ({s * scale:.3g} Å)" if scale else "") for s in lattice.spacings
+            )
+            angles = ", ".join(f"{a:.1f}°" for a in lattice.angles)
+            lines.append(
+                (
+                    "period",
+                    f"{lattice.dominant_spacing:.2f} px at {lattice.dominant_angle:.1f}°"
+                    + (f" = {lattice.dominant_spacing * scale:.3g} Å" if scale else ""),
+                )
+            )
+            lines.append(("lattice", f"plane spacings {spacings}; directions {angles}"))
+    width = max(len(key) for key, _ in lines)
+    for key, value in lines:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from stem_ae.io import WRITE_EXTENSIONS
+
+    height, width = args.shape
+    if min(height, width) < WINDOW or max(height, width) > 16384:
+        raise UsageError(
+            f"--shape {height} {width} must be between {WINDOW} and 16384 px per side — "
+            f"e.g. --shape 512 512."
+        )
+    if not math.isfinite(args.dose) or args.dose <= 0:
+        raise UsageError(
+            f"--dose {args.dose} must be a positive number of counts per px — e.g. --dose 16."
+        )
+    _check_pixel_size(args.pixel_size)
+    output = Path(args.output)
+    if output.suffix.lower() not in WRITE_EXTENSIONS:
+        raise UsageError(
+            f"output {output} has an unsupported type {output.suffix or '(none)'!r} — end it in "
+            f"one of {' '.join(WRITE_EXTENSIONS)}."
+        )
+    suffix = ".tif" if output.suffix.lower() == ".png" else output.suffix
+    clean_path = output.with_name(f"{output.stem}_clean{suffix}")
+    csv_path = output.with_name(f"{output.stem}_columns.csv")
+    for path in (output, clean_path, csv_path):
+        if path.exists() and not args.overwrite:
+            raise UsageError(f"output {path} exists — pass --overwrite to replace it.")
+    _check_folder_writable(output.parent)
+
+    import numpy as np
+
+    from stem_ae.io import _atomic_write, write_image
+    from stem_ae.simulate import simulate_scene
+
+    started = time.perf_counter()
+    try:
+        scene = simulate_scene(
+            (height, width),
+            defect=None if args.defect in (None, "none") else args.defect,
+            pixel_size=args.pixel_size,
+            dose=args.dose,
+            rng=args.seed,
+        )
+    except (ValueError, TypeError) as error:
+        raise UsageError(
+            _with_fix(_one_line(error), "see 'stem-ae simulate --help' for valid values.")
+        ) from None
+    write_image(output, scene.noisy, pixel_size=scene.pixel_size, overwrite=args.overwrite)
+    write_image(clean_path, scene.clean, pixel_size=scene.pixel_size, overwrite=args.overwrite)
+    table = np.column_stack([scene.columns, np.asarray(scene.column_types)])
+
+    def write_csv(target: Path) -> None:
+        np.savetxt(
+            target,
+            table,
+            fmt=["%.4f", "%.4f", "%d"],
+            delimiter=",",
+            header="y_px,x_px,type",
+            comments="",
+        )
+
+    _atomic_write(csv_path, write_csv, overwrite=args.overwrite)
+    print(
+        f"{output}: {height}×{width} px scene, {len(table)} columns, dose {args.dose:g} counts/px, "
+        f"{scene.pixel_size:g} Å/px, seed {args.seed} (+ {clean_path}, {csv_path}), "
+        f"{time.perf_counter() - started:.1f} s"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    for flag, value, minimum in (("--samples", args.samples, 1), ("--epochs", args.epochs, 1)):
+        if value < minimum:
+            raise UsageError(f"{flag} {value} must be >= {minimum} — e.g. {flag} 4.")
+    out = Path(args.out)
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"--out {out} exists — pass --overwrite or choose a new folder.")
+    _check_folder_writable(out.resolve().parent)
+    config_path = Path(args.config) if args.config else None
+    if config_path is not None and not config_path.is_file():
+        raise UsageError(f"--config {config_path} is not a file — give a JSON file of AEConfig.")
+
+    with _filtered_native_stderr():
+        import keras
+
+        from stem_ae.model import AEConfig, save_model
+        from stem_ae.train import train
+
+    try:
+        config = AEConfig.from_json(config_path) if config_path else None
+    except (ValueError, TypeError, KeyError) as error:
+        raise UsageError(
+            _with_fix(
+                f"--config {config_path}: {_one_line(error)}",
+                'give a JSON object of AEConfig fields, e.g. {"encoder": [512, 256]}.',
+            )
+        ) from None
+
+    class _EpochPrinter(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            values = ", ".join(f"{key} {value:.4g}" for key, value in logs.items())
+            print(f"epoch {epoch + 1}/{args.epochs}: {values}", flush=True)
+
+    started = time.perf_counter()
+    model, _ = train(
+        config,
+        distribution=args.distribution,
+        n_samples=args.samples,
+        epochs=args.epochs,
+        seed=args.seed,
+        callbacks=[_EpochPrinter()],
+    )
+    if out.exists() and args.overwrite:
+        import shutil
+
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    save_model(model, out)
+    print(f"{out}: trained in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------
+# entry point
+
+
+def _one_line(message) -> str:
+    return " ".join(str(message).split())
+
+
+def _with_fix(message: str, fix: str) -> str:
+    """``message — fix`` unless the message already says what to do."""
+    return message if " — " in message else f"{message.rstrip('.')} — {fix}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``stem-ae`` with ``argv`` (default ``sys.argv[1:]``); return the exit status.
+
+    Bad input (a :class:`UsageError`, or a ``ValueError``/``TypeError``/``OSError`` from the
+    library) prints one line ``stem-ae: error: …`` on stderr and returns 2.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    command = "<command>"
+    try:
+        args = parser.parse_args(argv)
+        command = args.command
+        if args.command is None:
+            parser.print_help()
+            return 0
+        return args.handler(args)
+    except UsageError as error:
+        message = _one_line(error)
+    except (ValueError, TypeError, OSError) as error:
+        message = _with_fix(
+            _one_line(error), f"check the input and options ('{PROG} {command} --help')."
+        )
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
