@@ -165,7 +165,16 @@ def build_parser() -> argparse.ArgumentParser:
     simulate.add_argument(
         "--shape", type=int, nargs=2, default=(256, 256), metavar=("H", "W"), help="px"
     )
-    simulate.add_argument("--defect", default=None, help="e.g. 'rp' (Ruddlesden-Popper fault)")
+    simulate.add_argument(
+        "--lattice", default="srtio3", help="'srtio3' (default), 'rectangular' or 'hexagonal'"
+    )
+    simulate.add_argument(
+        "--defect",
+        default=None,
+        help="'rp' (Ruddlesden-Popper fault), 'vacancies', 'strain', or several: rp,vacancies",
+    )
+    simulate.add_argument("--strain", type=float, default=None, help="strain amplitude, 0-0.2")
+    simulate.add_argument("--angle", type=float, default=0.0, help="lattice rotation, degrees")
     simulate.add_argument("--dose", type=float, default=16.0, help="mean counts per px")
     simulate.add_argument("--pixel-size", type=float, default=0.2, metavar="Å", help="Å/px")
     simulate.add_argument("--seed", type=int, default=0)
@@ -611,11 +620,16 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     try:
+        defects = [d.strip() for d in (args.defect or "").split(",") if d.strip()]
+        defects = [d for d in defects if d != "none"]
         scene = simulate_scene(
             (height, width),
-            defect=None if args.defect in (None, "none") else args.defect,
+            lattice=args.lattice,
+            defect=defects or None,
             pixel_size=args.pixel_size,
             dose=args.dose,
+            strain=args.strain,
+            angle=args.angle,
             rng=args.seed,
         )
     except (ValueError, TypeError) as error:
