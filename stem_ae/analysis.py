@@ -110,7 +110,7 @@ def _period(image: np.ndarray, pixel_size: float | None) -> float:
     return float(period)
 
 
-def _gaussian_model(params: np.ndarray, dy: np.ndarray, dx: np.ndarray):
+def _gaussian_model(params: np.ndarray, dy: np.ndarray, dx: np.ndarray, jacobian: bool = True):
     """Model and Jacobian of ``B + A exp(-r²/2s²)`` on patches; params (N, 5) = y0, x0, A, B, s."""
     y0, x0, amp, back, sig = (params[:, k, None] for k in range(5))
     ry = dy[None, :] - y0
@@ -119,10 +119,15 @@ def _gaussian_model(params: np.ndarray, dy: np.ndarray, dx: np.ndarray):
     inv_s2 = 1.0 / (sig * sig)
     g = np.exp(-0.5 * r2 * inv_s2)
     model = back + amp * g
-    ag = amp * g
-    jac = np.stack(
-        [ag * ry * inv_s2, ag * rx * inv_s2, g, np.ones_like(g), ag * r2 * inv_s2 / sig], axis=-1
-    )
+    if not jacobian:
+        return model
+    ag_s2 = amp * g * inv_s2
+    jac = np.empty((*g.shape, 5))
+    jac[..., 0] = ag_s2 * ry
+    jac[..., 1] = ag_s2 * rx
+    jac[..., 2] = g
+    jac[..., 3] = 1.0
+    jac[..., 4] = ag_s2 * r2 / sig
     return model, jac
 
 
@@ -211,8 +216,13 @@ def _fit_batch(padded, starts, r, radius, oy, ox, sigma, poisson, n_iter):
     weight = inside.astype(np.float64)
 
     # moment start: background = low percentile of the disc, centroid of what lies above it
-    masked = np.where(inside, data, np.nan)
-    back = np.nanpercentile(masked, 10, axis=1)
+    count = weight.sum(axis=1).astype(np.int64)
+    ordered = np.sort(np.where(inside, data, np.inf), axis=1)
+    low_index = np.clip((0.1 * (count - 1)).astype(np.int64), 0, None)
+    back = np.take_along_axis(ordered, low_index[:, None], axis=1)[:, 0]
+    back = np.where(np.isfinite(back), back, 0.0)
+    peak = np.take_along_axis(ordered, np.clip(count - 1, 0, None)[:, None], axis=1)[:, 0]
+    peak = np.where(np.isfinite(peak), peak, 0.0)
     above = np.clip(data - back[:, None], 0, None) * weight
     total = above.sum(axis=1)
     total_safe = np.where(total > 0, total, 1.0)
@@ -224,43 +234,41 @@ def _fit_batch(padded, starts, r, radius, oy, ox, sigma, poisson, n_iter):
         sig0 = np.clip(sig0, 0.5, 0.6 * radius)
     else:
         sig0 = np.full(n, float(sigma))
-    amp0 = np.nanmax(masked, axis=1) - back
-    params = np.stack([cy, cx, np.clip(amp0, 1e-12, None), back, sig0], axis=1)
-    scale = np.maximum(np.nanmax(np.abs(masked), axis=1), 1e-12)
+    params = np.stack([cy, cx, np.clip(peak - back, 1e-12, None), back, sig0], axis=1)
+    floor = 1e-3 * np.maximum(np.abs(peak), 1e-12)[:, None]
 
-    def cost_of(p: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        model, jac = _gaussian_model(p, oy, ox)
-        if poisson:
-            w = weight / np.clip(model, 1e-3 * scale[:, None], None)
-        else:
-            w = weight
+    def weights_of(model: np.ndarray) -> np.ndarray:
+        return weight / np.maximum(model, floor) if poisson else weight
+
+    def cost_of(p: np.ndarray) -> np.ndarray:
+        model = _gaussian_model(p, oy, ox, jacobian=False)
         res = data - model
-        return (w * res * res).sum(axis=1), res, (jac, w)
+        return (weights_of(model) * res * res).sum(axis=1)
 
     lam = np.full(n, 1e-3)
-    cost, res, (jac, w) = cost_of(params)
+    eye = np.eye(5)
     for _ in range(n_iter):
+        model, jac = _gaussian_model(params, oy, ox)
+        res = data - model
+        w = weights_of(model)
+        cost = (w * res * res).sum(axis=1)
         jw = jac * w[:, :, None]
-        jtj = np.einsum("npi,npj->nij", jw, jac)
-        jtr = np.einsum("npi,np->ni", jw, res)
+        jtj = np.matmul(jw.transpose(0, 2, 1), jac)
+        jtr = np.matmul(jw.transpose(0, 2, 1), res[:, :, None])[:, :, 0]
         diag = np.einsum("nii->ni", jtj)
-        damped = jtj + (lam[:, None] * np.maximum(diag, 1e-12))[:, :, None] * np.eye(5)
+        diag = np.maximum(diag, 1e-12 * diag.sum(axis=1, keepdims=True) + 1e-30)
+        damped = jtj + (lam[:, None] * diag)[:, :, None] * eye
         try:
             step = np.linalg.solve(damped, jtr[:, :, None])[:, :, 0]
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(damped.reshape(-1, 5), jtr.reshape(-1), rcond=None)[0]
-            step = step.reshape(n, 5)
+        except np.linalg.LinAlgError:  # a degenerate patch: pseudo-inverse for the batch
+            step = np.matmul(np.linalg.pinv(damped), jtr[:, :, None])[:, :, 0]
         trial = params + step
         trial[:, 4] = np.abs(trial[:, 4]) + 1e-6
-        trial_cost, trial_res, (trial_jac, trial_w) = cost_of(trial)
-        better = np.isfinite(trial_cost) & (trial_cost < cost)
+        better = cost_of(trial) < cost  # False for NaN
         params = np.where(better[:, None], trial, params)
-        cost = np.where(better, trial_cost, cost)
-        res = np.where(better[:, None], trial_res, res)
-        jac = np.where(better[:, None, None], trial_jac, jac)
-        w = np.where(better[:, None], trial_w, w)
-        lam = np.where(better, lam / 3.0, lam * 4.0)
-        lam = np.clip(lam, 1e-9, 1e9)
+        lam = np.clip(np.where(better, lam / 3.0, lam * 4.0), 1e-9, 1e9)
+        if np.all(np.abs(step[:, :2]).max(axis=1) < 1e-6):
+            break
 
     ok = (
         np.all(np.isfinite(params), axis=1)
@@ -479,15 +487,18 @@ def assign_sublattices(
 
 
 def _disc_mean(image: np.ndarray, columns: np.ndarray, radius: float) -> np.ndarray:
-    """Mean of the image over a disc of ``radius`` px around each (sub-pixel) position."""
+    """Mean over the part inside the image of a disc of ``radius`` px around each position."""
     r = int(np.ceil(radius))
     oy, ox = np.mgrid[-r : r + 1, -r : r + 1]
     disc = (oy * oy + ox * ox) <= radius * radius
     oy, ox = oy[disc], ox[disc]
     ys = columns[:, 0, None] + oy[None, :]
     xs = columns[:, 1, None] + ox[None, :]
+    h, w = image.shape
+    inside = (ys >= 0) & (ys <= h - 1) & (xs >= 0) & (xs <= w - 1)
     values = ndimage.map_coordinates(image, [ys.ravel(), xs.ravel()], order=1, mode="nearest")
-    return values.reshape(ys.shape).mean(axis=1)
+    values = np.where(inside, values.reshape(ys.shape), 0.0)
+    return values.sum(axis=1) / np.maximum(inside.sum(axis=1), 1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -606,6 +617,10 @@ class LatticeMap:
         Reference lattice vectors ``[a1, a2]`` (dy, dx), px.
     pixel_size : float or None
         Å/px.
+    central : ndarray of bool, shape (N,)
+        True where both vectors come from neighbours on both sides (central differences, the
+        local value at the column); False at edges, vacancies and faults (one-sided: the value
+        belongs half a cell away), where ``exx`` etc. may still be finite.
     """
 
     columns: np.ndarray
@@ -620,6 +635,7 @@ class LatticeMap:
     rotation: np.ndarray
     reference: np.ndarray
     pixel_size: float | None
+    central: np.ndarray
 
     @property
     def valid(self) -> np.ndarray:
@@ -638,10 +654,16 @@ class LatticeMap:
         return griddata(self.columns[good], values[good], (yy, xx), method="linear")
 
 
-def _local_vectors(columns: np.ndarray, vectors: np.ndarray, tol: float) -> np.ndarray:
-    """Local (dy, dx) for each global vector, (2, N, 2), from matched neighbours at ±vector."""
+def _local_vectors(
+    columns: np.ndarray, vectors: np.ndarray, tol: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Local (dy, dx) for each global vector, (K, N, 2), from matched neighbours at ±vector.
+
+    Also returns (K, N) bool: True where both neighbours were found (central difference).
+    """
     tree = cKDTree(columns)
-    out = np.full((2, len(columns), 2), np.nan)
+    out = np.full((len(vectors), len(columns), 2), np.nan)
+    central = np.zeros((len(vectors), len(columns)), dtype=bool)
     for k, g in enumerate(vectors):
         dp, ip = tree.query(columns + g, distance_upper_bound=tol)
         dm, im = tree.query(columns - g, distance_upper_bound=tol)
@@ -656,7 +678,8 @@ def _local_vectors(columns: np.ndarray, vectors: np.ndarray, tol: float) -> np.n
         only_m = has_m & ~has_p
         out[k, only_p] = plus[only_p]
         out[k, only_m] = minus[only_m]
-    return out
+        central[k] = both
+    return out, central
 
 
 def lattice_map(
@@ -709,7 +732,7 @@ def lattice_map(
     if vectors.shape != (2, 2):
         raise ValueError(f"vectors must have shape (2, 2) ([a1, a2], dy dx); got {vectors.shape}")
     tol = tolerance * float(np.min(np.hypot(*vectors.T)))
-    local = _local_vectors(columns, vectors, tol)
+    local, central = _local_vectors(columns, vectors, tol)
     lengths = np.hypot(local[..., 0], local[..., 1])
     scale = 1.0 if pixel_size is None else pixel_size
     xy = _to_xy(local)  # (2, N, 2)
@@ -768,6 +791,7 @@ def lattice_map(
         rotation=rotation,
         reference=ref_yx,
         pixel_size=pixel_size,
+        central=central.all(axis=0),
     )
 
 
@@ -782,26 +806,29 @@ class ElongationProfile:
     Attributes
     ----------
     distance : ndarray, shape (M,)
-        Bin centres of the signed distance from the fault line, Å if a pixel size was given, else
-        px.
+        Bin centres of the signed distance from the fault line (positive along the normal), Å if
+        a pixel size was given, else px.
     elongation : ndarray, shape (M,)
-        Mean relative elongation of the cell along the fault normal in each bin (0 = reference).
+        Mean relative elongation of the bonds along the fault normal in each bin (0 = reference).
     spread : ndarray, shape (M,)
         Standard deviation within the bin.
     count : ndarray of int, shape (M,)
-        Columns in each bin.
-    column_distance : ndarray, shape (N,)
-        Signed distance of each column from the fault (same units as ``distance``).
-    column_elongation : ndarray, shape (N,)
-        Per-column elongation (NaN where a neighbour is missing).
+        Bonds in each bin.
+    bond_distance : ndarray, shape (K,)
+        Signed distance of each bond's midpoint from the fault (same units as ``distance``).
+    bond_elongation : ndarray, shape (K,)
+        Per-bond elongation.
+    bonds : ndarray of int, shape (K, 2)
+        Column indices ``(i, j)`` of each bond, ``j`` one lattice vector beyond ``i``.
     """
 
     distance: np.ndarray
     elongation: np.ndarray
     spread: np.ndarray
     count: np.ndarray
-    column_distance: np.ndarray
-    column_elongation: np.ndarray
+    bond_distance: np.ndarray
+    bond_elongation: np.ndarray
+    bonds: np.ndarray
 
 
 def elongation_profile(
@@ -812,35 +839,41 @@ def elongation_profile(
     fault_normal: tuple[float, float] = (0.0, 1.0),
     pixel_size: float | None = None,
     vectors: np.ndarray | None = None,
+    reference_spacing: float | None = None,
     reference_distance: float | None = None,
     bin_width: float | None = None,
 ) -> ElongationProfile:
     """Local cell elongation perpendicular to a planar fault against the distance from it.
 
-    For each column, the local lattice vector most nearly parallel to the fault normal is
-    projected on the normal; its ratio to the median projection far from the fault (beyond
-    ``reference_distance``) minus one is the elongation. Figure 3 of the paper claims cells near
-    a Ruddlesden–Popper fault are elongated perpendicular to it; this measures it.
+    Every column is joined to its neighbour one lattice vector further along the fault normal
+    (the lattice vector most nearly parallel to it); the bond's projection on the normal,
+    divided by the reference spacing, minus one, is the elongation, placed at the bond's
+    midpoint. Bonds that cross the fault find no neighbour at the lattice position and drop out.
+    Figure 3 of the paper claims cells near a Ruddlesden–Popper fault are elongated
+    perpendicular to it; this measures it (compare with
+    :func:`stem_ae.simulate.rp_elongation_profile` at the bond midpoints).
 
     Parameters
     ----------
     columns : ndarray, shape (N, 2)
-        Positions (y, x), px (one sublattice, or all columns of a simple lattice).
+        Positions (y, x), px, of one sublattice (e.g. Sr), or all columns of a simple lattice.
     fault_x : float, optional
         x (px) of a vertical fault line (normal along +x); short for ``fault_point=(0, fault_x)``.
     fault_point : (float, float), optional
         A point (y, x) px on the fault line.
     fault_normal : (float, float)
-        Unit normal of the fault (dy, dx); default (0, 1), a vertical fault.
+        Normal of the fault (dy, dx); default (0, 1), a vertical fault.
     pixel_size : float, optional
         Å/px, to report distances in Å.
     vectors : ndarray, shape (2, 2), optional
-        Global lattice vectors (dy, dx) px; default measured.
+        Global lattice vectors (dy, dx) px; default measured (:func:`lattice_vectors`).
+    reference_spacing : float, optional
+        Unstrained plane spacing along the normal, px. Default: the median bond projection
+        farther than ``reference_distance`` from the fault.
     reference_distance : float, optional
-        Columns farther than this (px) from the fault define the reference cell. Default: a third
-        of the largest distance.
+        px; default a third of the largest distance of a column from the fault.
     bin_width : float, optional
-        Bin width in px; default half the lattice spacing along the normal.
+        px; default half the plane spacing along the normal.
 
     Returns
     -------
@@ -867,45 +900,55 @@ def elongation_profile(
     if vectors is None:
         vectors = lattice_vectors(columns)
     vectors = np.asarray(vectors, dtype=np.float64)
+    if vectors.shape != (2, 2):
+        raise ValueError(f"vectors must have shape (2, 2) ([a1, a2], dy dx); got {vectors.shape}")
     along = np.abs(vectors @ normal) / np.hypot(*vectors.T)
-    k = int(np.argmax(along))
+    g = vectors[int(np.argmax(along))]
+    g = g if g @ normal > 0 else -g
     tol = 0.3 * float(np.min(np.hypot(*vectors.T)))
-    local = _local_vectors(columns, vectors[k : k + 1], tol)[0]
-    proj = np.abs(local @ normal)
-    dist = (columns - np.asarray(fault_point, dtype=np.float64)) @ normal
-    if reference_distance is None:
-        reference_distance = np.max(np.abs(dist)) / 3.0
-    far = (np.abs(dist) > reference_distance) & np.isfinite(proj)
-    if not far.any():
-        raise ValueError(
-            f"no column farther than reference_distance={reference_distance} px from the fault"
-        )
-    elong = proj / np.median(proj[far]) - 1.0
-    spacing = abs(float(vectors[k] @ normal))
+    dist_j, j = cKDTree(columns).query(columns + g, distance_upper_bound=tol)
+    has = np.isfinite(dist_j)
+    bonds = np.column_stack([np.flatnonzero(has), j[has]]).astype(np.int64)
+    if len(bonds) == 0:
+        raise ValueError("no column has a neighbour along the fault normal; check vectors")
+    proj = (columns[bonds[:, 1]] - columns[bonds[:, 0]]) @ normal
+    mid = 0.5 * (columns[bonds[:, 0]] + columns[bonds[:, 1]])
+    dist = (mid - np.asarray(fault_point, dtype=np.float64)) @ normal
+    if reference_spacing is None:
+        if reference_distance is None:
+            reference_distance = np.max(np.abs((columns - fault_point) @ normal)) / 3.0
+        far = np.abs(dist) > reference_distance
+        if not far.any():
+            raise ValueError(
+                f"no bond farther than reference_distance={reference_distance} px from the fault"
+            )
+        reference_spacing = float(np.median(proj[far]))
+    if not reference_spacing > 0:
+        raise ValueError(f"reference_spacing must be positive px; got {reference_spacing}")
+    elong = proj / reference_spacing - 1.0
     if bin_width is None:
-        bin_width = 0.5 * spacing
+        bin_width = 0.5 * float(g @ normal)
     if not bin_width > 0:
         raise ValueError(f"bin_width must be positive px; got {bin_width}")
-    good = np.isfinite(elong)
-    edges = np.arange(dist[good].min() - 0.5 * bin_width, dist[good].max() + bin_width, bin_width)
-    which = np.digitize(dist[good], edges) - 1
+    edges = np.arange(dist.min() - 0.5 * bin_width, dist.max() + bin_width, bin_width)
+    which = np.digitize(dist, edges) - 1
     nbin = len(edges) - 1
     count = np.bincount(which, minlength=nbin)[:nbin]
-    total = np.bincount(which, weights=elong[good], minlength=nbin)[:nbin]
-    total2 = np.bincount(which, weights=elong[good] ** 2, minlength=nbin)[:nbin]
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean = total / count
-        spread = np.sqrt(np.clip(total2 / count - mean**2, 0, None))
+    total = np.bincount(which, weights=elong, minlength=nbin)[:nbin]
+    total2 = np.bincount(which, weights=elong**2, minlength=nbin)[:nbin]
     keep = count > 0
+    mean = total[keep] / count[keep]
+    spread = np.sqrt(np.clip(total2[keep] / count[keep] - mean**2, 0, None))
     centres = 0.5 * (edges[:-1] + edges[1:])
     scale = 1.0 if pixel_size is None else pixel_size
     return ElongationProfile(
         distance=centres[keep] * scale,
-        elongation=mean[keep],
-        spread=spread[keep],
+        elongation=mean,
+        spread=spread,
         count=count[keep],
-        column_distance=dist * scale,
-        column_elongation=elong,
+        bond_distance=dist * scale,
+        bond_elongation=elong,
+        bonds=bonds,
     )
 
 

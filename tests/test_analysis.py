@@ -20,6 +20,11 @@ from stem_ae.analysis import (
     psnr,
     ssim,
 )
+from stem_ae.simulate import (
+    rp_displacement,
+    simulate_scene,
+    strain_tensor,
+)
 
 
 def _gaussian_spots(shape, centres, amplitudes, sigma, background=0.0):
@@ -156,6 +161,111 @@ def test_assign_sublattices_uses_neighbours_when_intensity_is_ambiguous():
     assert np.all(assign_sublattices(image, cols) == kinds)
     by_intensity = assign_sublattices(image, cols, neighbour_weight=0.0)
     assert np.any(by_intensity != kinds)
+
+
+# ---------------------------------------------------------------------------------------------
+# simulated scenes (stem_ae.simulate)
+
+
+@pytest.mark.parametrize("pixel_size", [0.1, 0.3])
+def test_find_columns_locates_columns_of_a_clean_faulted_strained_scene(pixel_size):
+    scene = simulate_scene(
+        (160, 160), defect=["rp", "strain"], pixel_size=pixel_size, dose=None, rng=11
+    )
+    nn = scene.lattice.nearest_neighbour()
+    found = find_columns(scene.clean, min_distance=0.38 * nn)
+    match = match_columns(found, scene.columns, 0.3 * nn)
+    errors = np.hypot(*(found[match.pairs[:, 0]] - scene.columns[match.pairs[:, 1]]).T)
+    assert match.found >= 0.99
+    assert match.n_invented == 0
+    assert np.sum(errors < 0.1) >= 0.99 * len(scene.columns)
+
+
+def test_find_columns_measures_the_separation_itself_and_invents_nothing_at_vacancies():
+    scene = simulate_scene((160, 160), defect="vacancies", pixel_size=0.2, dose=None, rng=4)
+    found = find_columns(scene.clean)  # separation from estimate_period
+    match = match_columns(found, scene.columns, 0.3 * scene.lattice.nearest_neighbour())
+    assert match.found >= 0.99
+    assert match.n_invented == 0
+    assert match.rms_px < 0.02
+
+
+def test_find_columns_on_a_noisy_scene_stays_near_the_cramer_rao_bound():
+    scene = simulate_scene((160, 160), pixel_size=0.2, dose=64.0, rng=2)
+    nn = scene.lattice.nearest_neighbour()
+    found = find_columns(scene.noisy, min_distance=0.38 * nn, poisson=True)
+    match = match_columns(found, scene.columns, 0.3 * nn, shape=scene.clean.shape, border=0.5 * nn)
+    inner = match_columns(scene.columns, scene.columns, 0.3 * nn, shape=(160, 160), border=0.5 * nn)
+    bound = column_crlb(scene.clean, scene.columns[inner.pairs[:, 1]], radius=0.45 * nn)
+    assert match.found > 0.99
+    assert match.n_invented == 0
+    assert match.rms_px < 1.5 * np.sqrt(np.mean(bound**2))
+
+
+def test_assign_sublattices_recovers_sr_and_tio_of_a_scene():
+    scene = simulate_scene((160, 160), pixel_size=0.15, dose=None, rng=8)
+    types = assign_sublattices(scene.clean, scene.columns)
+    assert np.all(types == scene.column_types)
+    noisy = simulate_scene((160, 160), pixel_size=0.15, dose=64.0, rng=8)
+    assert np.mean(assign_sublattices(noisy.noisy, noisy.columns) == noisy.column_types) > 0.98
+
+
+def test_lattice_map_of_an_unstrained_scene_is_flat():
+    scene = simulate_scene((160, 160), pixel_size=0.2, dose=None, rng=5)
+    found = find_columns(scene.clean)
+    sr = found[assign_sublattices(scene.clean, found) == 0]
+    m = lattice_map(sr, pixel_size=0.2)
+    assert m.valid.all()
+    np.testing.assert_allclose(m.a, 3.905, rtol=0.005)
+    np.testing.assert_allclose(m.b, 3.905, rtol=0.005)
+    np.testing.assert_allclose(m.angle, 90.0, atol=0.5)
+    for name in ("exx", "eyy", "exy"):
+        assert np.max(np.abs(getattr(m, name))) < 0.005, name
+
+
+def test_lattice_map_of_a_strained_scene_follows_the_imposed_strain():
+    amplitude = 0.03
+    scene = simulate_scene(
+        (256, 256), defect="strain", strain=amplitude, pixel_size=0.3, dose=None, rng=6
+    )
+    found = find_columns(scene.clean)
+    sr = found[assign_sublattices(scene.clean, found) == 0]
+    m = lattice_map(sr, reference=scene.lattice.vectors())
+    eyy, exx = strain_tensor(sr[:, 0], sr[:, 1], scene.metadata["strain"])
+    central = m.central
+    assert central.sum() > 200
+    assert np.max(np.abs(m.exx[central] - exx[central])) < 0.1 * amplitude
+    assert np.max(np.abs(m.eyy[central] - eyy[central])) < 0.1 * amplitude
+    assert np.max(np.abs(m.exy[central])) < 0.1 * amplitude
+    # the field really varies: the map is not just flat
+    assert np.ptp(m.exx[central]) > amplitude
+
+
+def test_elongation_profile_matches_the_imposed_rp_elongation():
+    scene = simulate_scene((192, 192), defect="rp", pixel_size=0.25, dose=None, rng=2)
+    rp = scene.metadata["rp"]
+    found = find_columns(scene.clean)
+    sr = found[assign_sublattices(scene.clean, found) == 0]
+    profile = elongation_profile(
+        sr,
+        fault_point=rp["fault_point"],
+        fault_normal=rp["fault_normal"],
+        reference_spacing=scene.lattice.a,
+        vectors=scene.lattice.vectors(),
+    )
+    amplitude = rp["elongation"]["amplitude"]
+    decay = rp["elongation"]["decay_length_px"]
+    a = scene.lattice.a
+    d = profile.bond_distance
+    imposed = (
+        rp_displacement(d + a / 2, amplitude, decay) - rp_displacement(d - a / 2, amplitude, decay)
+    ) / a
+    assert len(d) > 50
+    assert np.max(np.abs(profile.bond_elongation - imposed)) < 0.05 * amplitude
+    # the cells next to the fault are elongated, those far away are not
+    nearest = np.argsort(np.abs(profile.distance))[:2]
+    assert np.all(profile.elongation[nearest] > 0.4 * amplitude)
+    assert np.all(np.abs(profile.elongation[np.abs(profile.distance) > 4 * a]) < 0.05 * amplitude)
 
 
 # ---------------------------------------------------------------------------------------------
