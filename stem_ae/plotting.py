@@ -264,11 +264,11 @@ def add_scale_bar(
     )
     ax.add_patch(bar)
     ax.text(
-        x_left + margin + length_px / 2,
+        x_left + margin,
         y0 - sign * 0.01 * height_px,
         label,
         color=color,
-        ha="center",
+        ha="left",
         va="bottom" if sign > 0 else "top",
         fontsize=STYLE["font.size"] - 1,
         fontweight="bold",
@@ -299,9 +299,16 @@ def _show(
     if pixel_size is not None:
         add_scale_bar(ax, pixel_size)
     if colorbar is not None:
-        bar = ax.figure.colorbar(handle, ax=ax, shrink=0.8, pad=0.02, aspect=25)
-        bar.set_label(colorbar)
-        bar.ax.tick_params(labelsize=STYLE["xtick.labelsize"] - 1)
+        _colorbar(ax, handle, colorbar)
+
+
+def _colorbar(ax: Axes, mappable: Any, label: str) -> Any:
+    """A slim colour bar just right of an image, exactly as tall as the image."""
+    cax = ax.inset_axes([1.03, 0.0, 0.05, 1.0])
+    bar = ax.figure.colorbar(mappable, cax=cax)
+    bar.set_label(label, labelpad=2)
+    bar.ax.tick_params(labelsize=STYLE["xtick.labelsize"] - 1, length=2, pad=1)
+    return bar
 
 
 @_styled
@@ -466,7 +473,7 @@ def plot_reconstruction(
         The input image, in ``units``.
     denoised : ndarray, shape (H, W), or mapping of str to such arrays
         One reconstruction, or several keyed by their panel title (e.g. ``{"step 2": a, "step 3":
-        b}``). The reconstructions and the truth share one grey scale.
+        b}``). The reconstructions and the truth share one grey scale and one colour bar.
     truth : ndarray, shape (H, W), optional
         The noise-free image, in the same units.
     uncertainty : ndarray, shape (H, W), optional
@@ -514,8 +521,16 @@ def plot_reconstruction(
     _show(axes[0], raw, title=raw_title, pixel_size=pixel_size, colorbar=units)
     reference = panels.get("truth", next(iter(panels.values())))
     shared = _limits(reference, percentile=0.1)
-    for ax, (name, image) in zip(axes[1:], panels.items(), strict=False):
-        _show(ax, image, title=name, limits=shared, pixel_size=pixel_size, colorbar=units)
+    for k, (ax, (name, image)) in enumerate(zip(axes[1:], panels.items(), strict=False)):
+        last = k == len(panels) - 1  # one colour bar for the panels that share a scale
+        _show(
+            ax,
+            image,
+            title=name,
+            limits=shared,
+            pixel_size=pixel_size,
+            colorbar=units if last else None,
+        )
     if uncertainty is not None:
         _show(
             axes[-1],
@@ -569,7 +584,7 @@ def plot_lattice_map(
     --------
     >>> yx = np.stack(np.meshgrid(np.arange(5.0), np.arange(5.0)), -1).reshape(-1, 2) * 10
     >>> fig = plot_lattice_map(yx, yx[:, 1] / 10, label="a (Å)")
-    >>> fig.axes[1].get_ylabel()
+    >>> fig.axes[0].child_axes[0].get_ylabel()  # the colour bar
     'a (Å)'
     """
     columns = np.asarray(columns, dtype=np.float64)
@@ -621,8 +636,7 @@ def plot_lattice_map(
             s=size,
             linewidths=0.4,
         )
-    bar = ax.figure.colorbar(points, ax=ax, shrink=0.8, pad=0.02, aspect=25)
-    bar.set_label(label)
+    _colorbar(ax, points, label)
     if title is not None:
         ax.set_title(title)
     return _root(target)
