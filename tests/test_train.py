@@ -10,7 +10,7 @@ import pytest
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from stem_ae.model import AEConfig, available_models, build_autoencoder, get_config, load_model
-from stem_ae.simulate import PAPER
+from stem_ae.simulate import GENERAL, PAPER
 from stem_ae.train import (
     RECIPES,
     WindowStream,
@@ -207,3 +207,20 @@ def test_shipped_paper_model_reaches_the_papers_per_pixel_error():
     assert metrics["per_pixel_error"] <= 0.10
     assert metrics["per_pixel_error"] < 0.5 * noisy_metrics["per_pixel_error"]
     assert metrics["ssim"] > noisy_metrics["ssim"]
+
+
+@pytest.mark.skipif(
+    not {"paper", "general"} <= set(available_models()), reason="shipped models not trained yet"
+)
+@pytest.mark.parametrize("kind", ["hexagonal", "rectangular"])
+def test_shipped_general_model_keeps_a_foreign_lattice_instead_of_imposing_srtio3(kind):
+    foreign = dataclasses.replace(
+        GENERAL, name=kind, kinds=(kind,), kind_weights=None, disorder_fraction=0.0
+    )
+    noisy, clean = make_test_set(300, distribution=foreign, seed=11)
+    general = evaluate(load_model("general"), noisy, clean)
+    paper = evaluate(load_model("paper"), noisy, clean)
+    noisy_error = error_metrics(noisy, clean)["per_pixel_error"]
+    assert general["per_pixel_error"] < 0.5 * noisy_error
+    assert general["per_pixel_error"] < paper["per_pixel_error"]
+    assert general["ssim"] > paper["ssim"]
