@@ -157,9 +157,8 @@ def load_models(methods) -> dict[str, str]:
             from stem_ae.model import load_model
 
             model = load_model(name)
-            stem_ae.denoise(
-                np.random.default_rng(0).poisson(4.0, (64, 64)).astype(float), model=model
-            )
+            warmup = simulate_scene((96, 96), pixel_size=0.2, dose=16.0, rng=0).noisy
+            stem_ae.denoise(warmup, pixel_size=0.2, model=model)
         except Exception as error:  # a missing or broken model is reported, not fatal
             missing[name] = f"{type(error).__name__}: {error}"
             continue
@@ -183,7 +182,7 @@ RUNNERS = {
 
 def run_case(pixel_size, dose, seed, methods, shape) -> list[dict]:
     scene = simulate_scene(
-        shape, defect="rp", strain=STRAIN, pixel_size=pixel_size, dose=dose, rng=seed
+        shape, defect=["rp", "strain"], strain=STRAIN, pixel_size=pixel_size, dose=dose, rng=seed
     )
     clean = scene.clean.astype(np.float64)
     noisy = scene.noisy.astype(np.float64)
@@ -205,7 +204,11 @@ def run_case(pixel_size, dose, seed, methods, shape) -> list[dict]:
     for method in methods:
         ctx = {"clean": clean, "pixel_size": pixel_size, "nn_px": nn}
         start = time.perf_counter()
-        out = np.asarray(RUNNERS[method](noisy, ctx), dtype=np.float64)
+        try:
+            out = np.asarray(RUNNERS[method](noisy, ctx), dtype=np.float64)
+        except ValueError as error:  # e.g. no lattice measurable at this dose: a failed case
+            rows.append(_failed_row(method, pixel_size, dose, seed, crlb_pm, error))
+            continue
         seconds = ctx.get("seconds", time.perf_counter() - start)
         if out.shape != clean.shape:
             raise RuntimeError(f"{method} returned shape {out.shape}, expected {clean.shape}")
@@ -234,6 +237,26 @@ def run_case(pixel_size, dose, seed, methods, shape) -> list[dict]:
             }
         )
     return rows
+
+
+def _failed_row(method, pixel_size, dose, seed, crlb_pm, error) -> dict:
+    """A case where the method raised: no image, counted as nothing found and nothing invented."""
+    nan = float("nan")
+    return {
+        "method": method,
+        "pixel_size": pixel_size,
+        "dose": dose,
+        "seed": seed,
+        "psnr": nan,
+        "ssim": nan,
+        "position_error_pm": nan,
+        "found": 0.0,
+        "invented": 0.0,
+        "n_true": 0,
+        "s_per_mpix": nan,
+        "crlb_pm": crlb_pm,
+        "note": f"failed: {type(error).__name__}: {error}"[:120],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
