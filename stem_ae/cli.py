@@ -28,6 +28,7 @@ WINDOW = 28  # the auto-encoder window, px (checked again by the library)
 MAX_PIXEL_SIZE = 100.0  # Å/px; coarser than this is not an atomic-resolution image
 EXIT_BAD_INPUT = 2
 SHIPPED_MODELS = ("general", "paper")
+_KEEP_BYTES = 1 << 30  # inputs read during the checks are kept in memory up to 1 GiB in all
 
 
 # What TensorFlow's C++ logging writes at import however TF_CPP_MIN_LOG_LEVEL is set.
@@ -133,6 +134,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         metavar="Å",
         help="pixel size in Å/px, overriding the file's calibration",
+    )
+    denoise.add_argument(
+        "--lattice-constant",
+        type=float,
+        metavar="Å",
+        help="lattice parameter the calibration is cross-checked against (default 3.905, "
+        "SrTiO3); 0 switches the check off",
     )
     denoise.add_argument(
         "--uncertainty", action="store_true", help="also write the per-pixel spread"
@@ -433,6 +441,14 @@ def _pixel_text(pixel_size: float | None, source: str | None) -> str:
 def _cmd_denoise(args: argparse.Namespace) -> int:
     step = _check_step(args.step)
     pixel_size = _check_pixel_size(args.pixel_size)
+    lattice_constant = args.lattice_constant
+    if lattice_constant is not None and not (
+        math.isfinite(lattice_constant) and 0 <= lattice_constant <= 100
+    ):
+        raise UsageError(
+            f"--lattice-constant {lattice_constant} must be a lattice parameter in Å — e.g. "
+            f"3.905, or 0 to switch the calibration check off."
+        )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers} must be >= 1 — e.g. --workers 2.")
     model_name = _check_model(args.model)
@@ -459,13 +475,19 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     plans = [_side_outputs(target, args.uncertainty, args.preview) for target in targets]
     _check_outputs([p for plan in plans for p in plan.values()], inputs, args.overwrite)
 
-    # Read and check every input before any work: a bad file fails the run up front.
+    # Read and check every input before any work: a bad file fails the run up front. Pixels
+    # are kept for the denoising pass up to a memory budget, and read again beyond it.
     images = []
+    kept_bytes = 0
     for source in inputs:
         image, meta = _read(source)
         _check_pixels(image, source)
         lattice = _measure_lattice(image, source)
-        images.append((image, meta, lattice))
+        kept_bytes += image.nbytes
+        images.append((image if kept_bytes <= _KEEP_BYTES else None, meta, lattice))
+    options = {}
+    if lattice_constant is not None:
+        options["lattice_constant"] = lattice_constant or None
 
     from tqdm.auto import tqdm
 
@@ -490,6 +512,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):
             started = time.perf_counter()
             bar.set_description(meta.path.name)
+            images[index] = None  # let each input go once it is done
+            if image is None:
+                image, _ = _read(meta.path)
 
             def progress(done: int, total: int, _index: int = index) -> None:
                 bar.n = _index + done / max(total, 1)
@@ -507,6 +532,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                     return_uncertainty=args.uncertainty,
                     workers=args.workers,
                     progress=progress,
+                    **options,
                 )
             denoised, spread = result if args.uncertainty else (result, None)
             write_image(plan["denoised"], denoised, pixel_size=used, overwrite=args.overwrite)

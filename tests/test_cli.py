@@ -182,6 +182,7 @@ BAD_DENOISE = [
     (["lattice.npy", "-o", "out.tif", "--pixel-size", "nan"], ["--pixel-size nan"]),
     (["lattice.npy", "-o", "out.tif", "--pixel-size", "135"], ["135", "> 100 Å/px"]),
     (["lattice.npy", "-o", "out.tif", "--workers", "0"], ["--workers 0"]),
+    (["lattice.npy", "-o", "out.tif", "--lattice-constant", "-1"], ["--lattice-constant -1"]),
     (["lattice.npy", "-o", "out.tif", "--model", "fancy"], ["'fancy'", "general", "paper"]),
     (["lattice.npy", "-o", "out.tif", "--model", "not_a_model.keras"], ["not a Keras model"]),
     (["lattice.npy", "-o", "out.tif", "--model", "empty_model_folder"], ["no model.keras"]),
