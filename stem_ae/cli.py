@@ -554,7 +554,10 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                 f"{model_name}, step {step}, {elapsed:.1f} s" + (f" (+ {extra})" if extra else "")
             )
             for warning in caught:
-                bar.write(f"{PROG}: warning: {meta.path}: {_one_line(warning.message)}", sys.stderr)
+                text = _one_line(warning.message)
+                if "lattice_constant" in text:
+                    text += " (stem-ae: --lattice-constant Å, or 0 to switch this check off.)"
+                bar.write(f"{PROG}: warning: {meta.path}: {text}", sys.stderr)
     return 0
 
 
