@@ -775,6 +775,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = _with_fix(
             _one_line(error), f"check the input and options ('{PROG} {command} --help')."
         )
+    except MemoryError:
+        print(
+            f"{PROG}: error: out of memory — denoise fewer or smaller files at a time, or use "
+            f"--workers 1.",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
