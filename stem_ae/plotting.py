@@ -33,6 +33,7 @@ from typing import Any
 
 import matplotlib as mpl
 import numpy as np
+from matplotlib import ticker
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure, SubFigure
 from matplotlib.patches import Rectangle
@@ -812,6 +813,9 @@ def plot_benchmark(
         ax.plot(levels, values, "-", color=METHOD_COLORS["crlb"], linewidth=1.6, label="CRLB")
     ax.set_xscale("log")
     ax.set_yscale("log")
+    for axis in (ax.xaxis, ax.yaxis):  # plain numbers (20, not 2 × 10¹); minor ones if room
+        axis.set_major_formatter(ticker.LogFormatter())
+        axis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1.2, 0.6)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if legend:
