@@ -82,13 +82,15 @@ SIMULATE_EPILOG = """\
 example:
   # a 512x512 SrTiO3 scene with a Ruddlesden-Popper fault, 16 counts/px
   stem-ae simulate scene.tif --shape 512 512 --defect rp --dose 16 --pixel-size 0.2 --seed 0
-  # writes scene.tif (noisy), scene_clean.tif and scene_columns.csv (true y, x in px)
+  # writes scene.tif (noisy counts), scene_clean.tif (expected counts) and
+  # scene_columns.csv (true column positions y_px, x_px and column type, 0 = Sr)
 """
 
 TRAIN_EPILOG = """\
 example:
   # a small model on the broad "general" distribution (the shipped models used more)
-  stem-ae train --out my_model --distribution general --samples 100000 --epochs 4 --seed 0
+  stem-ae train --out my_model --distribution general --samples 100000 --epochs 4 \\
+      --pool-size 50000 --seed 0
   stem-ae denoise image.tif -o out.tif --model my_model
 
 --config takes a JSON file of AEConfig fields, e.g. {"encoder": [512, 256], "code": 64}.
@@ -202,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--samples", type=int, default=700_000, metavar="N", help="per epoch")
     train.add_argument("--epochs", type=int, default=6, metavar="E")
     train.add_argument("--seed", type=int, default=0, metavar="S")
+    train.add_argument(
+        "--pool-size",
+        type=int,
+        metavar="N",
+        help="simulate N windows once and resample them every epoch (fast for 'general')",
+    )
     train.add_argument("--overwrite", action="store_true", help="replace an existing folder")
     train.set_defaults(handler=_cmd_train)
     return parser
@@ -689,7 +697,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    for flag, value, minimum in (("--samples", args.samples, 1), ("--epochs", args.epochs, 1)):
+    checks = [("--samples", args.samples, 1), ("--epochs", args.epochs, 1)]
+    if args.pool_size is not None:
+        checks.append(("--pool-size", args.pool_size, 1))
+    for flag, value, minimum in checks:
         if value < minimum:
             raise UsageError(f"{flag} {value} must be >= {minimum} — e.g. {flag} 4.")
     out = Path(args.out)
@@ -729,6 +740,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         n_samples=args.samples,
         epochs=args.epochs,
         seed=args.seed,
+        pool_size=args.pool_size,
         callbacks=[_EpochPrinter()],
     )
     if out.exists() and args.overwrite:
