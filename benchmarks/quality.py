@@ -459,7 +459,8 @@ def write_markdown(rows, methods, missing, path, args, elapsed):
         "columns per true column (false positives); vacancies filled: fraction of the removed "
         "columns (5 % of all) where an invented column appears — hallucinated lattice. CRLB: "
         "Cramér–Rao bound of the scene's own columns under Poisson noise, per coordinate. The "
-        "Gaussian filter's σ is chosen per case with the truth (oracle). Time: seconds per megapixel of input on this CPU.",
+        "Gaussian filter's σ is chosen per case with the truth (oracle). Time: seconds per "
+        "megapixel of input on this CPU.",
         "",
     ]
     if missing:
