@@ -818,8 +818,8 @@ def plot_benchmark(
         axis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1.2, 0.6)))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if legend:
-        ax.legend(ncols=2 if len(names) > 4 else 1)
+    if legend:  # outside, to the right: the lines cross the whole axes
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return fig
 
 
