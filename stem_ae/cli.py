@@ -222,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _check_step(step: int) -> int:
     if not 1 <= step <= WINDOW:
         raise UsageError(
-            f"--step {step} is outside 1..{WINDOW} px — use 2 (default, best), "
+            f"--step {step} is outside 1..{WINDOW} px — use 2 (the default), "
             f"or up to {WINDOW} for speed."
         )
     return step
