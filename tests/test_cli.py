@@ -240,6 +240,20 @@ def test_a_zip_that_is_not_a_keras_model_is_one_line(work):
     assert snapshot(work) == before
 
 
+def test_bad_input_is_caught_before_tensorflow_is_imported(work):
+    np.save(work / "noise.npy", _noise())
+    code = (
+        "import sys; from stem_ae.cli import main; "
+        "codes = [main(['denoise', 'noise.npy', '-o', 'out.tif']), main(['info', 'noise.npy']), "
+        "main(['denoise', 'noise.npy', '-o', 'out.tif', '--step', '0'])]; "
+        "print(codes, sorted(m for m in ('tensorflow', 'keras') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=work, check=False
+    )
+    assert result.stdout.strip().splitlines()[-1] == "[2, 0, 2] []", result.stdout + result.stderr
+
+
 def test_no_subcommand_and_unknown_subcommand():
     assert run().returncode == 0  # prints the help
     assert_bad_input(run("sharpen", "x.tif"), "invalid choice", "sharpen")
