@@ -153,7 +153,8 @@ def to_angstrom(value: float, unit: str) -> float | None:
     if unit is None:
         return None
     key = str(unit).strip()
-    key = key.replace("\\u00B5", "µ").replace("\\u00b5", "µ").replace("μ", "µ")
+    key = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), key)  # ImageJ
+    key = key.replace("μ", "µ")
     key = key.replace("Å", "å").replace("Å", "å")
     key = re.sub(r"[\[\]_\s]", "", key).lower()
     factor = _ANGSTROM_PER_UNIT.get(key)

@@ -95,6 +95,7 @@ def _write_velox(path: Path, datasets: dict[str, np.ndarray], pixel_m: float) ->
         (54.1, "pm", 0.541),
         (2.0, "Å", 2.0),
         (2.0, "A", 2.0),
+        (2.0, "\\u00C5", 2.0),  # HyperSpy/ImageJ escape of Å
         (3e-11, "m", 0.3),
         (0.05, "[n_m]", 0.5),  # Berkeley EMD
     ],
