@@ -57,7 +57,7 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 DENOISE_EPILOG = """\
 examples:
-  # one image; writes a calibrated float32 TIFF (opens in Fiji, napari, HyperSpy)
+  # one image; writes a float32 TIFF with the ImageJ calibration in nm (Fiji reads it)
   stem-ae denoise data/Tecnai_Osiris_SrTiO3.tif -o SrTiO3_denoised.tif
 
   # a DigitalMicrograph file, with the per-pixel spread and an 8-bit PNG preview

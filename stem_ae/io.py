@@ -14,8 +14,9 @@
 A 2-D image comes back as ``(H, W)``; a frame series or multi-page TIFF as a stack
 ``(frames, H, W)``. Colour (RGB) images and 4-D data raise :class:`ValueError` with what to do.
 
-:func:`write_image` writes a float32 ImageJ TIFF that opens calibrated in Fiji, napari and
-HyperSpy, a ``.npy``, or an 8-bit percentile-stretched ``.png`` preview. Every write goes to a
+:func:`write_image` writes a float32 ImageJ TIFF (calibrated in nm, as Fiji/ImageJ and tifffile
+read it; HyperSpy reads the scale in nm but leaves the unit undefined), a ``.npy``, or an 8-bit
+percentile-stretched ``.png`` preview. Every write goes to a
 temporary file in the target folder and is renamed into place, so a failure never leaves a partial
 file, and an existing file is replaced only with ``overwrite=True``.
 """
@@ -613,7 +614,7 @@ def write_image(
         Target file; its extension picks the format (:data:`WRITE_EXTENSIONS`):
 
         * ``.tif``/``.tiff``: float32 ImageJ TIFF; with ``pixel_size`` it carries the ImageJ
-          calibration (resolution tags in px per nm, unit ``nm``) that Fiji, napari and HyperSpy
+          calibration (resolution tags in px per nm, unit ``nm``) that Fiji/ImageJ and tifffile
           read. A stack is written as ImageJ frames.
         * ``.npy``: float32 NumPy array (no calibration).
         * ``.png``: 8-bit greyscale preview, stretched between the 0.5th and 99.5th percentiles

@@ -362,7 +362,7 @@ def test_tiff_round_trip_with_calibration_opens_as_imagej(tmp_path):
     assert image.dtype == np.float32
     np.testing.assert_allclose(image, data.astype(np.float32))
     assert meta.pixel_size == pytest.approx(0.541, rel=1e-4)
-    with tifffile.TiffFile(path) as tif:  # what Fiji/napari/HyperSpy read
+    with tifffile.TiffFile(path) as tif:  # what Fiji/ImageJ read
         assert tif.is_imagej and tif.imagej_metadata["unit"] == "nm"
         assert tif.series[0].axes == "TYX"
 
