@@ -45,7 +45,7 @@ _POOL_TAG = 0x9001
 #: The exact recipes of the shipped models: ``train_recipe(name)`` reproduces ``models/<name>``.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {
-        "config": AEConfig(encoder=(512, 256, 128), code=64, name="paper"),
+        "config": AEConfig(encoder=(1024, 512, 256), code=128, name="paper"),
         "distribution": "paper",
         "n_samples": 700_000,
         "epochs": 5,
@@ -54,10 +54,10 @@ RECIPES: dict[str, dict[str, Any]] = {
         "precision": "mixed_bfloat16",
     },
     "general": {
-        "config": AEConfig(encoder=(512, 256, 128), code=64, name="general"),
+        "config": AEConfig(encoder=(1024, 512, 256), code=128, name="general"),
         "distribution": "general",
         "n_samples": 700_000,
-        "epochs": 5,
+        "epochs": 4,
         "batch_size": 512,
         "seed": 1,
         "precision": "mixed_bfloat16",
