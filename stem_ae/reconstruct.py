@@ -22,7 +22,6 @@ Conventions (shared by ``method="fast"`` and ``method="naive"``):
 
 from __future__ import annotations
 
-import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
@@ -196,12 +195,19 @@ def _model_window_and_normalization(model) -> tuple[int, str]:
     return int(config.window), config.normalization
 
 
-_ACTIVATIONS = {
-    "linear": None,
-    "relu": lambda h: np.maximum(h, 0.0, out=h),
-    "sigmoid": lambda h: np.reciprocal(1.0 + np.exp(-h, out=h), out=h),
-    "tanh": lambda h: np.tanh(h, out=h),
-}
+def _relu(h: np.ndarray) -> np.ndarray:
+    return np.maximum(h, 0.0, out=h)
+
+
+def _sigmoid(h: np.ndarray) -> np.ndarray:
+    return np.reciprocal(1.0 + np.exp(-h, out=h), out=h)
+
+
+def _tanh(h: np.ndarray) -> np.ndarray:
+    return np.tanh(h, out=h)
+
+
+_ACTIVATIONS = {"linear": None, "relu": _relu, "sigmoid": _sigmoid, "tanh": _tanh}
 
 
 def _dense_chain(model) -> list[tuple[np.ndarray, np.ndarray, object]] | None:
@@ -239,26 +245,31 @@ class _Runner:
     """
 
     def __init__(self, model):
+        self.window, self.normalization = _model_window_and_normalization(model)
         chain = _dense_chain(model)
         self.chain = None
+        self.model = None
+        self._graph = None
         if chain is not None:
             self.chain = [(np.ascontiguousarray(k.T), b[:, None], a) for k, b, a in chain]
-            return
-        graph = getattr(model, "_stem_ae_graph", None)
-        if graph is None:
+        else:
+            self.model = model
+
+    def __getstate__(self) -> dict:
+        # the compiled TensorFlow function is rebuilt where the runner is unpickled
+        return {**self.__dict__, "_graph": None}
+
+    def graph(self, x: np.ndarray) -> np.ndarray:
+        """Run a general Keras model on windows as columns (window², n)."""
+        if self._graph is None:
             import tensorflow as tf
 
-            graph = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-            # bypass Keras attribute tracking: the compiled call is a cache, not a layer
-            object.__setattr__(model, "_stem_ae_graph", graph)
-        input_shape = tuple(model.input_shape[1:])
-
-        def run_graph(x: np.ndarray) -> np.ndarray:
-            n = x.shape[1]
-            out = graph(np.ascontiguousarray(x.T).reshape((n, *input_shape)))
-            return np.array(np.asarray(out, np.float32).reshape(n, -1).T, order="C")
-
-        self.graph = run_graph
+            model = self.model
+            self._graph = tf.function(lambda z: model(z, training=False), reduce_retracing=True)
+        n = x.shape[1]
+        batch = np.ascontiguousarray(x.T).reshape((n, *tuple(self.model.input_shape[1:])))
+        out = self._graph(batch)
+        return np.array(np.asarray(out, np.float32).reshape(n, -1).T, order="C")
 
     def __call__(self, x, mu, scale, weights) -> np.ndarray:
         if self.chain is None:
@@ -470,8 +481,9 @@ def _reconstruct(
     ``phase`` puts window starts at ``phase (mod step)`` so that tiles of a larger image share
     the whole image's window grid.
     """
-    window, normalization = _model_window_and_normalization(model)
-    window_norm = normalization == "window"
+    if runner is None:
+        runner = _Runner(model)
+    window, window_norm = runner.window, runner.normalization == "window"
     shape = data.shape
     (ny, top, bottom), (nx, left, right) = (
         _grid(n, window, step, p) for n, p in zip(shape, phase, strict=True)
@@ -486,7 +498,7 @@ def _reconstruct(
     else:
         total, squares = _fast(
             padded,
-            runner if runner is not None else _Runner(model),
+            runner,
             window,
             step,
             (ny, nx),
@@ -985,7 +997,6 @@ def _denoise_block(
     block: np.ndarray,
     origin: tuple[int, int],
     plan: _Plan,
-    model,
     runner: _Runner,
     uncertainty: bool,
     progress: ProgressCallback | None = None,
@@ -1018,7 +1029,7 @@ def _denoise_block(
     phase = tuple((-f) % plan.step for f in first)
     out = _reconstruct(
         data,
-        model,
+        None,
         step=plan.step,
         blend=plan.blend,
         batch_size=plan.batch_size,
@@ -1092,6 +1103,8 @@ def _measure(
     """Normalisation, lattice and scale factor, measured once for an image or a series."""
     from stem_ae.model import get_config
 
+    if not (np.all(np.isfinite(sample)) and np.all(np.isfinite(crop))):
+        raise ValueError("image contains NaN or Inf; replace or mask them before denoising.")
     low, high = (float(v) for v in np.percentile(sample, NORMALIZATION_PERCENTILES))
     if not high > low:
         low, high = float(sample.min()), float(sample.max())
@@ -1276,22 +1289,21 @@ def denoise(
     runner = _Runner(model)
 
     if lazy:
-        return _denoise_dask(image, plan, model, runner, return_uncertainty)
+        return _denoise_dask(image, plan, runner, return_uncertainty)
     if image.ndim == 2 and image.size > LARGE_IMAGE:
-        tiled = da.from_array(image, chunks=max(TILE, 2 * plan.depth))
-        results = _denoise_dask(tiled, plan, model, runner, return_uncertainty, progress)
+        side = max(TILE, 2 * plan.depth)
+        tiled = da.from_array(image, chunks=tuple(_balanced_chunks(n, side) for n in image.shape))
+        results = _denoise_dask(tiled, plan, runner, return_uncertainty, progress)
         return _compute(results, workers)
     if image.ndim == 2:
-        denoised, spread = _denoise_block(
-            image, (0, 0), plan, model, runner, return_uncertainty, progress
-        )
+        denoised, spread = _denoise_block(image, (0, 0), plan, runner, return_uncertainty, progress)
         if return_uncertainty:
             return denoised.astype(np.float32), spread.astype(np.float32)
         return denoised.astype(np.float32)
-    return _denoise_frames(image, plan, model, runner, return_uncertainty, workers, progress)
+    return _denoise_frames(image, plan, runner, return_uncertainty, workers, progress)
 
 
-def _denoise_frames(image, plan, model, runner, uncertainty, workers, progress):
+def _denoise_frames(image, plan, runner, uncertainty, workers, progress):
     """Frame by frame, ``workers`` threads (NumPy/BLAS release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1300,7 +1312,7 @@ def _denoise_frames(image, plan, model, runner, uncertainty, workers, progress):
     done = [0]
 
     def one(index: int) -> None:
-        out, err = _denoise_block(image[index], (0, 0), plan, model, runner, uncertainty)
+        out, err = _denoise_block(image[index], (0, 0), plan, runner, uncertainty)
         denoised[index] = out
         if uncertainty:
             spread[index] = err
@@ -1317,42 +1329,67 @@ def _denoise_frames(image, plan, model, runner, uncertainty, workers, progress):
     return (denoised, spread) if uncertainty else denoised
 
 
-def _denoise_dask(image, plan, model, runner, uncertainty, progress=None):
-    """Lazy tiled denoising with ``map_overlap``: tiles share the whole image's grids."""
-    import threading
+class _Progress:
+    """Thread-safe counter that reports finished tiles to a ``progress(done, total)`` callback."""
 
-    depth = plan.depth
-    if min(min(c) for c in image.chunks[-2:]) < depth:
-        side = max(TILE, 2 * depth)
-        image = image.rechunk({image.ndim - 2: side, image.ndim - 1: side})
-    if image.ndim == 3:
-        image = image.rechunk({0: 1})
-    chunks = image.chunks
-    starts = [np.concatenate([[0], np.cumsum(c)[:-1]]) for c in chunks[-2:]]
-    total = math.prod(len(c) for c in chunks)
-    lock = threading.Lock()
-    done = [0]
+    def __init__(self, callback: ProgressCallback, total: int):
+        import threading
 
-    def block(data, which, block_info=None):
+        self.callback, self.total, self.done = callback, total, 0
+        self.lock = threading.Lock()
+
+    def step(self) -> None:
+        with self.lock:
+            self.done += 1
+            self.callback(self.done, self.total)
+
+
+class _TileTask:
+    """The ``map_overlap`` function: denoise one overlapped tile (picklable for distributed)."""
+
+    def __init__(self, plan, runner, which, starts, depths, progress=None):
+        self.plan, self.runner, self.which = plan, runner, which
+        self.starts, self.depths, self.progress = starts, depths, progress
+
+    def __call__(self, data: np.ndarray, block_info=None) -> np.ndarray:
         location = block_info[0]["chunk-location"][-2:]
-        origin = tuple(int(max(0, s[i] - depth)) for s, i in zip(starts, location, strict=True))
+        origin = tuple(
+            int(max(0, starts[i] - depth))
+            for starts, i, depth in zip(self.starts, location, self.depths, strict=True)
+        )
         frames = data.reshape(-1, *data.shape[-2:])
         out = np.empty(frames.shape, np.float32)
         for index, frame in enumerate(frames):
-            result = _denoise_block(frame, origin, plan, model, runner, which == 1)
-            out[index] = result[which]
-        if progress is not None:
-            with lock:
-                done[0] += 1
-                progress(done[0], total)
+            result = _denoise_block(frame, origin, self.plan, self.runner, self.which == 1)
+            out[index] = result[self.which]
+        if self.progress is not None:
+            self.progress.step()
         return out.reshape(data.shape)
 
-    spatial_depth = {image.ndim - 2: depth, image.ndim - 1: depth}
+
+def _denoise_dask(image, plan, runner, uncertainty, progress=None):
+    """Lazy tiled denoising with ``map_overlap``: tiles share the whole image's grids."""
+    depth = plan.depth
+    if min(min(c) for c in image.chunks[-2:]) < depth:
+        side = max(TILE, 2 * depth)
+        image = image.rechunk(
+            {image.ndim - 2 + k: _balanced_chunks(n, side) for k, n in enumerate(image.shape[-2:])}
+        )
+    if image.ndim == 3:
+        image = image.rechunk({0: 1})
+    chunks = image.chunks
+    starts = [tuple(int(v) for v in np.cumsum((0, *c[:-1]))) for c in chunks[-2:]]
+    # an axis held in one chunk needs no margin (dask cannot overlap beyond the array)
+    depths = [depth if len(c) > 1 else 0 for c in chunks[-2:]]
+    spatial_depth = {image.ndim - 2 + k: d for k, d in enumerate(depths)}
     if image.ndim == 3:
         spatial_depth[0] = 0
+    counter = None
+    if progress is not None:
+        counter = _Progress(progress, math.prod(len(c) for c in chunks) * (1 + uncertainty))
     outputs = [
         image.map_overlap(
-            functools.partial(block, which=which),
+            _TileTask(plan, runner, which, starts, depths, counter),
             depth=spatial_depth,
             boundary="none",
             dtype=np.float32,
@@ -1361,6 +1398,13 @@ def _denoise_dask(image, plan, model, runner, uncertainty, progress=None):
         for which in ((0, 1) if uncertainty else (0,))
     ]
     return tuple(outputs) if uncertainty else outputs[0]
+
+
+def _balanced_chunks(length: int, side: int) -> tuple[int, ...]:
+    """Split ``length`` px into near-equal chunks of at least ``side`` px (or one chunk)."""
+    count = max(1, length // side)
+    base, extra = divmod(length, count)
+    return tuple(base + (k < extra) for k in range(count))
 
 
 def _compute(results, workers):

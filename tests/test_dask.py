@@ -1,0 +1,123 @@
+"""Frame series, tiled large images and Dask arrays through ``stem_ae.denoise``."""
+
+from __future__ import annotations
+
+import importlib
+
+import dask
+import dask.array as da
+import keras
+import numpy as np
+import pytest
+
+from stem_ae.model import AEConfig, build_autoencoder
+from stem_ae.reconstruct import denoise
+
+reconstruct_module = importlib.import_module("stem_ae.reconstruct")
+
+
+@pytest.fixture(scope="module")
+def model():
+    keras.utils.set_random_seed(1)
+    return build_autoencoder(
+        AEConfig(encoder=(64, 32), code=16, training={"spacing_range": [6.0, 10.0]})
+    )
+
+
+def _crystal(shape, spacing=10.0, seed=0):
+    """A noisy square lattice of Gaussian-like columns (cosine products), float64."""
+    rng = np.random.default_rng(seed)
+    y, x = np.indices(shape, dtype=float)
+    t = np.deg2rad(12.0)
+    u = (np.cos(t) * x - np.sin(t) * y) / spacing
+    v = (np.sin(t) * x + np.cos(t) * y) / spacing
+    clean = (np.cos(np.pi * u) * np.cos(np.pi * v)) ** 8
+    return clean + 0.3 * rng.standard_normal(shape)
+
+
+def test_tiles_equal_the_in_memory_result(model):
+    image = _crystal((420, 390))
+    reference, reference_spread = denoise(image, model=model, return_uncertainty=True)
+    lazy, lazy_spread = denoise(
+        da.from_array(image, chunks=(140, 130)), model=model, return_uncertainty=True
+    )
+    assert isinstance(lazy, da.Array) and lazy.dtype == np.float32
+    assert lazy.numblocks[0] > 1 and lazy.numblocks[1] > 1  # really tiled
+    result, spread = dask.compute(lazy, lazy_spread)
+    assert result.shape == image.shape
+    assert np.abs(result - reference).max() <= 1e-5 * np.ptp(image)
+    assert np.abs(spread - reference_spread).max() <= 1e-3 * np.ptp(image)
+
+
+def test_large_in_memory_image_goes_through_tiles(model, monkeypatch):
+    image = _crystal((300, 280), seed=1)
+    reference = denoise(image, model=model)
+    monkeypatch.setattr(reconstruct_module, "LARGE_IMAGE", 100 * 100)
+    monkeypatch.setattr(reconstruct_module, "TILE", 128)
+    tiled = denoise(image, model=model, workers=2)
+    assert isinstance(tiled, np.ndarray)
+    assert np.abs(tiled - reference).max() <= 1e-5 * np.ptp(image)
+
+
+def test_chunks_smaller_than_a_window_are_rechunked(model):
+    image = _crystal((200, 190), seed=2)
+    lazy = denoise(da.from_array(image, chunks=16), model=model)
+    assert min(min(c) for c in lazy.chunks) >= 28
+    np.testing.assert_allclose(
+        lazy.compute(), denoise(image, model=model), atol=1e-5 * np.ptp(image)
+    )
+
+
+def test_stack_of_frames_numpy_and_dask(model):
+    frames = np.stack([_crystal((96, 100), seed=s) for s in range(3)]).astype(np.float32)
+    stack = denoise(frames, model=model)
+    assert stack.shape == frames.shape and stack.dtype == np.float32
+    lazy = denoise(da.from_array(frames, chunks=(2, 96, 100)), model=model)
+    assert isinstance(lazy, da.Array)
+    np.testing.assert_allclose(lazy.compute(), stack, atol=1e-5 * np.ptp(frames))
+    as_list = denoise(list(frames), model=model)
+    np.testing.assert_array_equal(as_list, stack)
+    # the series' sampling match is shared: each frame equals a series of one only if alone
+    for index in range(3):
+        assert np.abs(stack[index] - frames[index]).mean() < np.abs(frames[index]).mean()
+
+
+def test_frames_of_different_shapes_are_refused(model):
+    with pytest.raises(ValueError, match="different shapes"):
+        denoise([_crystal((64, 64)), _crystal((64, 70))], model=model)
+
+
+def test_lazy_array_of_wrong_dtype_is_refused(model):
+    lazy = da.from_array(_crystal((64, 64)).astype(np.complex64), chunks=32)
+    with pytest.raises(TypeError, match="complex"):
+        denoise(lazy, model=model)
+    with pytest.raises(TypeError):
+        denoise(da.from_array(np.full((64, 64), "a")), model=model)
+
+
+def test_nan_in_lazy_array_raises_when_computed(model):
+    image = _crystal((256, 128), seed=3)
+    image[1, 1] = np.nan
+    lazy = da.from_array(image, chunks=(128, 128))
+    with pytest.raises(ValueError, match="NaN"):  # eagerly if sampled, else when computed
+        denoise(lazy, model=model).compute(scheduler="sync")
+    # the tile function itself checks its pixels (NaN outside what was sampled eagerly)
+    plan = reconstruct_module._Plan((256, 128), (256, 128), 0.0, 1.0, 2, "mean", 64)
+    runner = reconstruct_module._Runner(model)
+    with pytest.raises(ValueError, match="NaN"):
+        reconstruct_module._denoise_block(image[:128], (0, 0), plan, runner, False)
+
+
+def test_runs_on_a_distributed_local_cluster(model):
+    distributed = pytest.importorskip("distributed")
+    image = _crystal((240, 230), seed=4)
+    reference = denoise(image, model=model)
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        lazy = denoise(da.from_array(image, chunks=(120, 115)), model=model)
+        result = client.compute(lazy).result()
+    assert np.abs(result - reference).max() <= 1e-5 * np.ptp(image)
