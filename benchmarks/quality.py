@@ -16,7 +16,9 @@ Methods:
   there) with h = 0.8 σ, scikit-image's recommendation, patch (5–11 px) and search distance
   (6–21 px) scaled with the column spacing, exact unbiased inverse Anscombe;
 - ``bm3d``: PyPI ``bm3d`` on the Anscombe transform with ``sigma_psd=1``, exact unbiased inverse;
-- ``paper`` and ``general``: ``stem_ae.denoise(noisy, pixel_size=..., model=name)``.
+- ``paper`` and ``general``: ``stem_ae.denoise(noisy, pixel_size=..., model=name)``;
+- ``general_clean``: not a method but a diagnostic — ``general`` applied to the noise-free image,
+  whose error is the floor that the model's representation and resampling leave at any dose.
 
 Every output is scored against the noise-free expected counts (PSNR and SSIM with the data range
 of the truth), and its columns are located by ``stem_ae.analysis.find_columns`` with the same
@@ -61,7 +63,7 @@ from stem_ae.plotting import METHOD_COLORS
 from stem_ae.simulate import simulate_scene
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("noisy", "gaussian", "nlm", "bm3d", "paper", "general")
+METHODS = ("noisy", "gaussian", "nlm", "bm3d", "paper", "general", "general_clean")
 LABELS = {
     "noisy": "noisy",
     "gaussian": "Gaussian filter (oracle σ)",
@@ -69,6 +71,7 @@ LABELS = {
     "bm3d": "BM3D (Anscombe)",
     "paper": "stem_ae `paper`",
     "general": "stem_ae `general`",
+    "general_clean": "stem_ae `general` on the noise-free image (ceiling)",
 }
 PIXEL_SIZES = (0.1, 0.2, 0.3)  # Å/px
 DOSES = (1.0, 4.0, 16.0, 64.0)  # mean counts per pixel
@@ -140,12 +143,12 @@ def run_bm3d(noisy, ctx):
 _MODELS: dict = {}
 
 
-def _stem_ae(name):
+def _stem_ae(name, *, noise_free=False):
     def run(noisy, ctx):
         import stem_ae
 
-        model = _MODELS[name]
-        return stem_ae.denoise(noisy, pixel_size=ctx["pixel_size"], model=model)
+        image = ctx["clean"] if noise_free else noisy
+        return stem_ae.denoise(image, pixel_size=ctx["pixel_size"], model=_MODELS[name])
 
     return run
 
@@ -154,7 +157,7 @@ def load_models(methods) -> dict[str, str]:
     """Load the requested stem_ae models once (and warm them up); return {name: why missing}."""
     missing = {}
     for name in ("paper", "general"):
-        if name not in methods:
+        if name not in methods and not (name == "general" and "general_clean" in methods):
             continue
         try:
             import stem_ae
@@ -167,6 +170,8 @@ def load_models(methods) -> dict[str, str]:
             missing[name] = f"{type(error).__name__}: {error}"
             continue
         _MODELS[name] = model
+    if "general" in missing and "general_clean" in methods:
+        missing["general_clean"] = missing["general"]
     return missing
 
 
@@ -177,6 +182,9 @@ RUNNERS = {
     "bm3d": run_bm3d,
     "paper": _stem_ae("paper"),
     "general": _stem_ae("general"),
+    # not a denoiser: the model applied to the truth shows its error floor (representation,
+    # resampling), which no amount of dose removes
+    "general_clean": _stem_ae("general", noise_free=True),
 }
 
 
@@ -405,7 +413,7 @@ def plot(by_case, methods, path):
     from matplotlib import ticker
 
     sizes = sorted({r["pixel_size"] for r in by_case})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 3.8), squeeze=False)
+    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4.4), squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         rows = [r for r in by_case if r["pixel_size"] == size]
         doses = sorted({r["dose"] for r in rows})
@@ -413,8 +421,14 @@ def plot(by_case, methods, path):
             pts = [(r["dose"], r["position_error_pm"]) for r in rows if r["method"] == method]
             pts = sorted(p for p in pts if np.isfinite(p[1]))
             if pts:
-                color = METHOD_COLORS.get(method)
-                ax.plot(*zip(*pts, strict=True), marker="o", color=color, label=LABELS[method])
+                style = {"linestyle": ":", "marker": "x"} if method.endswith("_clean") else {}
+                color = METHOD_COLORS.get(method.removesuffix("_clean"))
+                ax.plot(
+                    *zip(*pts, strict=True),
+                    **{"marker": "o", **style},
+                    color=color,
+                    label=LABELS[method],
+                )
         crlb = [next(r["crlb_pm"] for r in rows if r["dose"] == d) for d in doses]
         ax.plot(doses, crlb, color="k", linestyle="--", label="Cramér–Rao bound")
         ax.set_xscale("log")
@@ -426,8 +440,9 @@ def plot(by_case, methods, path):
         ax.set_title(f"{size:g} Å/px")
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("column position error (pm, RMS per axis)")
-    axes[0][-1].legend(fontsize=7)
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
     plt.close(fig)
 
