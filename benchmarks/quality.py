@@ -413,7 +413,8 @@ def plot(by_case, methods, path):
     from matplotlib import ticker
 
     sizes = sorted({r["pixel_size"] for r in by_case})
-    fig, axes = plt.subplots(1, len(sizes), figsize=(4.2 * len(sizes), 4.4), squeeze=False)
+    size_in = (max(4.2 * len(sizes), 7.0), 4.6)
+    fig, axes = plt.subplots(1, len(sizes), figsize=size_in, squeeze=False)
     for ax, size in zip(axes[0], sizes, strict=True):
         rows = [r for r in by_case if r["pixel_size"] == size]
         doses = sorted({r["dose"] for r in rows})
@@ -427,7 +428,7 @@ def plot(by_case, methods, path):
                     *zip(*pts, strict=True),
                     **{"marker": "o", **style},
                     color=color,
-                    label=LABELS[method],
+                    label=LABELS[method].replace("`", ""),
                 )
         crlb = [next(r["crlb_pm"] for r in rows if r["dose"] == d) for d in doses]
         ax.plot(doses, crlb, color="k", linestyle="--", label="Cramér–Rao bound")
@@ -441,8 +442,9 @@ def plot(by_case, methods, path):
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("column position error (pm, RMS per axis)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    ncol = 4 if len(sizes) > 1 else 2
+    fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / ncol), 1, 1))
     write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
     plt.close(fig)
 
