@@ -74,7 +74,7 @@ def table(records: list[dict]) -> str:
 
 FOOTER = (
     "\nThe 2,000,000-sample row is not run (about 5 min of CPU at the rates above): for the "
-    "trend beyond 700,000 see the shipped models, trained on 5 × 700,000 windows "
+    "trend beyond 700,000 see the shipped `paper` model, trained on 5 × 700,000 windows "
     "(`benchmarks/results/train_*.json`).\n"
 )
 
