@@ -262,6 +262,7 @@ def add_scale_bar(
         linewidth=0.3,
         gid="scale_bar",
         label=label,
+        zorder=5,  # above overlays such as the columns of a lattice map
     )
     ax.add_patch(bar)
     ax.text(
@@ -274,6 +275,7 @@ def add_scale_bar(
         fontsize=STYLE["font.size"] - 1,
         fontweight="bold",
         gid="scale_bar_label",
+        zorder=6,
     )
     return bar
 
@@ -726,8 +728,21 @@ def plot_elongation_profile(
     ax.axvline(0.0, color="0.7", linewidth=0.8, linestyle="--", zorder=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend()
+    ax.legend(loc="upper left", handlelength=1.2)  # a peak at the fault leaves this corner free
     return fig
+
+
+class _PlainLogFormatter(ticker.LogFormatter):
+    """Log-axis tick labels as plain numbers (0.02, 20), not 2 × 10⁻²."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
+def _plain_log_ticks(axis: Any) -> None:
+    """Plain labels on a log axis: every decade, and minor ticks when the range is short."""
+    axis.set_major_formatter(_PlainLogFormatter())
+    axis.set_minor_formatter(_PlainLogFormatter(minor_thresholds=(1.2, 0.6)))
 
 
 def _column(table: Any, name: str) -> np.ndarray:
@@ -813,9 +828,8 @@ def plot_benchmark(
         ax.plot(levels, values, "-", color=METHOD_COLORS["crlb"], linewidth=1.6, label="CRLB")
     ax.set_xscale("log")
     ax.set_yscale("log")
-    for axis in (ax.xaxis, ax.yaxis):  # plain numbers (20, not 2 × 10¹); minor ones if room
-        axis.set_major_formatter(ticker.LogFormatter())
-        axis.set_minor_formatter(ticker.LogFormatter(minor_thresholds=(1.2, 0.6)))
+    _plain_log_ticks(ax.xaxis)
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if legend:  # outside, to the right: the lines cross the whole axes
@@ -863,6 +877,7 @@ def plot_loss(
         style = "--" if name.startswith("val") else "-"
         ax.plot(epochs, values, style, marker="o", label=name)
     ax.set_yscale("log")
+    _plain_log_ticks(ax.yaxis)
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if title is not None:

@@ -236,6 +236,9 @@ def test_plot_loss_and_noise_models():
     assert ax.get_yscale() == "log"
     assert [line.get_label() for line in ax.get_lines()] == ["loss", "val_loss"]
     np.testing.assert_allclose(ax.get_lines()[1].get_xydata(), [[1, 1.1], [2, 0.5]])
+    fig.draw_without_rendering()
+    labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
+    assert labels and all("e" not in label and "×" not in label for label in labels), labels
     with pytest.raises(ValueError, match="no loss"):
         plotting.plot_loss({"loss": []})
     with pytest.raises(TypeError, match="History"):
