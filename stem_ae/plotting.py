@@ -728,7 +728,14 @@ def plot_elongation_profile(
     ax.axvline(0.0, color="0.7", linewidth=0.8, linestyle="--", zorder=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.legend(loc="upper left", handlelength=1.2)  # a peak at the fault leaves this corner free
+    ax.legend(  # above the axes: the data may reach every corner
+        loc="lower center",
+        bbox_to_anchor=(0.5, 1.0),
+        ncols=len(series) + 1,
+        handlelength=1.0,
+        columnspacing=0.8,
+        handletextpad=0.4,
+    )
     return fig
 
 
