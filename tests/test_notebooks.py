@@ -160,8 +160,8 @@ def test_training_notebook_defaults_reproduce_the_shipped_recipe(name):
     notebook = _read(NOTEBOOK_DIR / "02_train.ipynb")
     values = _literal_parameters(notebook.cells[_parameters_index(notebook)].source)
     assert name in values["recipes"]
-    for key in ("n_samples", "epochs", "batch_size"):
-        assert values[key] == training[key], f"02_train's {key} differs from the shipped {name}"
+    for key, parameter in (("n_samples",) * 2, ("epochs", f"{name}_epochs"), ("batch_size",) * 2):
+        assert values[parameter] == training[key], f"02_train's {parameter} differs from {name}"
 
 
 def test_nbstripout_is_configured():
