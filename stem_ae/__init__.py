@@ -14,6 +14,8 @@ Examples
 from __future__ import annotations
 
 import importlib
+import sys
+import types
 
 from stem_ae._version import __version__
 
@@ -59,6 +61,24 @@ def __getattr__(name: str):
     value = getattr(importlib.import_module(f"stem_ae.{module}"), name)
     globals()[name] = value
     return value
+
+
+class _CallableModule(types.ModuleType):
+    """A submodule that can also be called as the public function it is named after.
+
+    ``stem_ae.train`` and ``stem_ae.reconstruct`` are both submodules and public functions. Python
+    binds a submodule to the package attribute of the same name the first time it is imported,
+    which would hide the function; making the module callable keeps ``stem_ae.train(config)`` and
+    ``stem_ae.reconstruct(image, model)`` working whichever way the module was first imported.
+    """
+
+    def __call__(self, *args, **kwargs):
+        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
+
+
+def _callable_module(name: str) -> None:
+    """Let module ``name`` (e.g. ``"stem_ae.train"``) be called as its namesake function."""
+    sys.modules[name].__class__ = _CallableModule
 
 
 def __dir__() -> list[str]:
