@@ -626,9 +626,12 @@ def _naive(
 LATTICE_CROP = 1024
 """Side (px) of the central square on which the lattice is measured (the whole image if smaller)."""
 
-MIN_PEAK_RATIO = 40.0
+BACKGROUND_PERCENTILE = 20.0
+"""The background power at a spatial frequency is this percentile of the power on its ring."""
+
+MIN_PEAK_RATIO = 200.0
 """A Fourier peak counts as a lattice reflection when its power is at least this many times the
-median power at its spatial frequency (white noise or an amorphous ring rarely exceeds ~20)."""
+background at its spatial frequency (white noise reaches ~50–100 on 128²–1024² crops)."""
 
 _MIN_RADIUS = 3.0  # frequency bins: longest measurable spacing is crop/3 px
 _REFINED_PEAKS = 12  # strongest peaks refined by a zoomed DFT
@@ -656,8 +659,8 @@ class LatticeEstimate:
     second_spacing : float
         Spacing of the strongest reflection not collinear with the dominant one, px.
     quality : float
-        Power of the strongest reflection over the median power at its frequency (peak to
-        background); at least :data:`MIN_PEAK_RATIO`.
+        Power of the strongest reflection over the background power at its frequency (the
+        :data:`BACKGROUND_PERCENTILE` percentile of its ring); at least :data:`MIN_PEAK_RATIO`.
     """
 
     reciprocal: np.ndarray
@@ -733,8 +736,18 @@ def _lattice_from_power(power: np.ndarray, crops: list[np.ndarray]) -> LatticeEs
     v, u = np.indices(power.shape) - centre
     radius = np.hypot(v, u)
     ring = np.rint(radius).astype(int)
-    background = ndimage.median(power, ring, index=np.arange(ring.max() + 1))
-    background = np.maximum(np.asarray(background), np.finfo(float).tiny)
+    # background: a low percentile of each ring, so that the lattice peaks themselves (which can
+    # fill half of a small ring) do not raise it
+    order = np.argsort(ring, axis=None, kind="stable")
+    counts = np.bincount(ring.ravel())
+    sorted_power = power.ravel()[order]
+    background = np.array(
+        [
+            np.percentile(chunk, BACKGROUND_PERCENTILE) if chunk.size else 0.0
+            for chunk in np.split(sorted_power, np.cumsum(counts)[:-1])
+        ]
+    )
+    background = np.maximum(background, np.finfo(float).tiny)
     ratio = power / background[ring]
     usable = (radius >= _MIN_RADIUS) & (radius <= side / 2 - 1)
     usable &= (v > 0) | ((v == 0) & (u > 0))  # one of each ±g pair
@@ -835,7 +848,7 @@ def estimate_lattice(image: np.ndarray) -> LatticeEstimate:
 
     The central square (at most :data:`LATTICE_CROP` px) is clipped to its 0.1–99.9 percentiles
     (hot pixels), Hann-tapered and Fourier transformed. Local maxima of the power spectrum that
-    exceed :data:`MIN_PEAK_RATIO` times the median power at the same spatial frequency are
+    exceed :data:`MIN_PEAK_RATIO` times the background power at the same spatial frequency are
     lattice reflections; their positions are refined to sub-pixel precision (parabola through
     the log power), the two shortest non-collinear strong ones are reduced to a primitive basis,
     and that basis is refined by least squares over all reflections it indexes.

@@ -203,6 +203,30 @@ def test_estimate_period_within_two_percent_on_random_lattices():
     assert max(errors) < 0.02, errors
 
 
+def test_estimate_period_on_simulated_scenes():
+    from stem_ae.simulate import simulate_scene
+
+    rng = np.random.default_rng(11)
+    for kind in ("srtio3", "rectangular", "hexagonal"):
+        base = simulate_scene((64, 64), lattice=kind, pixel_size=1.0, dose=None, rng=0)
+        for index in range(3):
+            spacing = float(np.exp(rng.uniform(np.log(6), np.log(60))))
+            size = 256 if spacing < 30 else 512  # at least ~8 periods across
+            scene = simulate_scene(
+                (size, size),
+                lattice=kind,
+                pixel_size=base.lattice.dominant_spacing() / spacing,
+                dose=float(rng.uniform(1, 100)),
+                angle=float(rng.uniform(0, 180)),
+                rng=index,
+            )
+            period, _ = estimate_period(scene.noisy)
+            # "dominant" is ambiguous between reflections within 15 % in amplitude
+            g, amplitude = scene.lattice.reflections()
+            candidates = 1 / np.linalg.norm(g[amplitude >= 0.85 * amplitude.max()], axis=1)
+            assert np.min(np.abs(period / candidates - 1)) < 0.02, (kind, spacing, period)
+
+
 def test_estimate_lattice_on_shared_srtio3(data_dir):
     tifffile = pytest.importorskip("tifffile")
     image = tifffile.imread(data_dir / "Tecnai_Osiris_SrTiO3.tif")
