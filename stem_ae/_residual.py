@@ -1,0 +1,143 @@
+"""Data-consistent residual correction of an auto-encoder output, its bandwidth chosen by SURE.
+
+A dense auto-encoder has an error floor: it returns a plausible lattice, not exactly the measured
+one (on simulated scenes its output saturates near 25 dB PSNR whatever the dose), and it can fill
+a vacancy with a column it has seen a thousand times. The measured data still hold what the
+network missed. This step adds back a low-passed copy of the residual,
+
+    x̂ = a + G_s * (y − a),
+
+where ``y`` is the noisy image, ``a`` the auto-encoder output and ``G_s`` a Gaussian of standard
+deviation ``s`` px. ``s = 0`` keeps the auto-encoder output as it is; a small ``s`` returns nearly
+the data. ``s`` is chosen per image by Stein's unbiased risk estimate (SURE), treating ``a`` as
+fixed::
+
+    SURE(s) = mean((G_s * r − r)²) − v + 2 v g_s(0),   r = y − a,
+
+with ``g_s(0)`` the centre tap of the Gaussian kernel and ``v`` the mean noise variance, measured
+as the mean square of the finest diagonal Haar detail of the residual (the auto-encoder's own
+error is smooth, the noise is white at that scale; a mean, not a median, so that Poisson noise's
+bright pixels count). The result is never further from the data than the auto-encoder alone, and
+where the network invented a column that the data do not show, the correction removes most of it.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import numpy as np
+from scipy import ndimage as ndi
+
+RESIDUAL_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+"""Candidate bandwidths (px of the input image) for the residual low-pass; 0 means none."""
+
+_TRUNCATE = 4.0
+
+
+@cache
+def _centre_tap(sigma: float) -> float:
+    """Centre value of the 2-D Gaussian kernel that ``ndimage.gaussian_filter`` applies."""
+    if sigma == 0:
+        return 0.0
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=float)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    return float((1.0 / kernel.sum()) ** 2)
+
+
+def noise_variance(residual: np.ndarray) -> float:
+    """Mean noise variance from the finest diagonal Haar detail of a residual, in its units².
+
+    Parameters
+    ----------
+    residual : ndarray, shape (H, W)
+        Noisy image minus a smooth estimate of it (H, W ≥ 2).
+
+    Returns
+    -------
+    float
+        Estimated mean per-pixel noise variance.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> v = noise_variance(rng.normal(0, 2.0, (256, 256)))  # true variance 4
+    >>> bool(abs(v - 4.0) < 0.2)
+    True
+    """
+    r = np.asarray(residual, dtype=np.float64)
+    h, w = (r.shape[0] // 2) * 2, (r.shape[1] // 2) * 2
+    if h == 0 or w == 0:
+        raise ValueError(f"residual of shape {r.shape} is too small; give at least 2×2 px")
+    r = r[:h, :w]
+    detail = (r[0::2, 0::2] - r[1::2, 0::2] - r[0::2, 1::2] + r[1::2, 1::2]) / 2.0
+    return float(np.mean(detail**2))
+
+
+def choose_residual_sigma(
+    noisy: np.ndarray, estimate: np.ndarray, sigmas: tuple[float, ...] = RESIDUAL_SIGMAS
+) -> float:
+    """Pick the residual low-pass bandwidth that minimises SURE.
+
+    Parameters
+    ----------
+    noisy : ndarray, shape (H, W)
+        The measured image.
+    estimate : ndarray, shape (H, W)
+        The auto-encoder's reconstruction of it, same units.
+    sigmas : tuple of float
+        Candidate Gaussian standard deviations, px (0 = no correction).
+
+    Returns
+    -------
+    float
+        The chosen bandwidth, px.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(1)
+    >>> y, x = np.mgrid[:128, :128]
+    >>> truth = np.cos(x / 3.0) * np.cos(y / 3.0)
+    >>> noisy = truth + rng.normal(0, 0.3, truth.shape)
+    >>> choose_residual_sigma(noisy, truth)  # a perfect estimate needs no correction
+    0.0
+    >>> choose_residual_sigma(noisy, np.zeros_like(truth)) > 0  # a blank one needs the data
+    True
+    """
+    y = np.asarray(noisy, dtype=np.float64)
+    a = np.asarray(estimate, dtype=np.float64)
+    if y.shape != a.shape or y.ndim != 2:
+        raise ValueError(
+            f"noisy {y.shape} and estimate {a.shape} must be 2-D images of the same shape"
+        )
+    residual = y - a
+    variance = noise_variance(residual)
+    best_sigma, best_risk = 0.0, np.inf
+    for sigma in sigmas:
+        if sigma < 0:
+            raise ValueError(f"residual sigma {sigma} is negative; use values ≥ 0 px")
+        smoothed = _lowpass(residual, sigma)
+        risk = np.mean((smoothed - residual) ** 2) - variance + 2 * variance * _centre_tap(sigma)
+        if risk < best_risk:
+            best_sigma, best_risk = float(sigma), risk
+    return best_sigma
+
+
+def _lowpass(residual: np.ndarray, sigma: float) -> np.ndarray:
+    if sigma == 0:
+        return np.zeros_like(residual)
+    return ndi.gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE)
+
+
+def apply_residual(noisy: np.ndarray, estimate: np.ndarray, sigma: float) -> np.ndarray:
+    """Return ``estimate + G_sigma * (noisy − estimate)`` (float32); ``sigma = 0`` returns a copy.
+
+    Examples
+    --------
+    >>> a = np.zeros((8, 8)); y = np.ones((8, 8))
+    >>> float(apply_residual(y, a, 1.0).mean())
+    1.0
+    """
+    y = np.asarray(noisy, dtype=np.float32)
+    a = np.asarray(estimate, dtype=np.float32)
+    return (a + _lowpass(y - a, float(sigma)).astype(np.float32)).astype(np.float32)
