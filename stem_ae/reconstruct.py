@@ -371,9 +371,10 @@ def reconstruct(
         Distance between neighbouring windows, px, 1..28. Each pixel is predicted by about
         ``(28 / step)**2`` windows.
     method : {"fast", "naive"}
-        ``"fast"`` takes the windows as strided views in chunks of ``batch_size``, runs a chain of
-        Dense layers as NumPy/BLAS matrix products (any other model as one compiled TensorFlow
-        function) and adds the outputs back by window offset. ``"naive"`` materialises every
+        ``"fast"`` gathers the windows of ``batch_size``-window bands by strided slicing (the
+        per-window mean and standard deviation from running sums), runs the model as one
+        compiled TensorFlow function on windows-as-columns (a Dense chain as bare matrix
+        products) and adds the outputs back by window offset. ``"naive"`` materialises every
         window, calls ``model.predict`` and adds window by window; it is the test oracle.
     blend : {"mean", "hann"}
         Recombination weights, see :func:`blend_weights`.
@@ -1213,7 +1214,9 @@ def denoise(
     batch_size : int
         Windows per chunk, bounds memory.
     workers : int, optional
-        Threads for frame series and tiled images (default: Dask's default, all cores). A Dask
+        Threads: frames of an in-memory series are denoised ``workers`` at a time (default one
+        at a time; each already uses all cores for its matrix products), tiles of a large image
+        on Dask's threaded scheduler with ``num_workers=workers`` (default all cores). A Dask
         input stays lazy and runs on whatever scheduler computes it (threads by default, or a
         ``dask.distributed`` client).
     progress : callable (done, total) -> None, optional
@@ -1233,6 +1236,14 @@ def denoise(
         step outside 1..28, no lattice (vacuum, amorphous, constant), too small once resampled.
     TypeError
         A non-real dtype, or a model that is not one.
+
+    Examples
+    --------
+    >>> from stem_ae.simulate import simulate_scene
+    >>> scene = simulate_scene((128, 128), pixel_size=0.3, dose=20.0, rng=0)
+    >>> denoised, spread = denoise(scene.noisy, return_uncertainty=True)
+    >>> denoised.shape, denoised.dtype, bool(spread.min() >= 0)
+    ((128, 128), dtype('float32'), True)
     """
     try:
         import dask.array as da
@@ -1301,7 +1312,7 @@ def denoise(
 
 
 def _denoise_frames(image, plan, runner, uncertainty, workers, progress):
-    """Frame by frame, ``workers`` threads (NumPy/BLAS release the GIL)."""
+    """Frame by frame, ``workers`` threads (TensorFlow and NumPy release the GIL)."""
     from concurrent.futures import ThreadPoolExecutor
 
     denoised = np.empty(image.shape, np.float32)
