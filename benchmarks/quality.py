@@ -385,11 +385,15 @@ def goal_lines(by_dose):
 
 
 def write_atomic(path: Path, write) -> None:
+    """Write through ``write(tmp)`` to a temporary file, then move it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=path.suffix, delete=False) as f:
         tmp = Path(f.name)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone to read
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
