@@ -885,6 +885,7 @@ def plot_loss(
         ax.plot(epochs, values, style, marker="o", label=name)
     ax.set_yscale("log")
     _plain_log_ticks(ax.yaxis)
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     if title is not None:

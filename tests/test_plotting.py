@@ -239,6 +239,7 @@ def test_plot_loss_and_noise_models():
     fig.draw_without_rendering()
     labels = [t.get_text() for t in ax.get_yticklabels(which="both") if t.get_text()]
     assert labels and all("e" not in label and "×" not in label for label in labels), labels
+    assert all(float(tick).is_integer() for tick in ax.get_xticks())  # whole epochs
     with pytest.raises(ValueError, match="no loss"):
         plotting.plot_loss({"loss": []})
     with pytest.raises(TypeError, match="History"):
