@@ -411,6 +411,12 @@ def write_csv(rows, path):
     write_atomic(path, write)
 
 
+def _minor_label(value, _position) -> str:
+    """Label minor log ticks at 2× and 5× a power of ten only."""
+    mantissa = round(value / 10 ** math.floor(math.log10(value)), 6)
+    return f"{value:g}" if mantissa in (2.0, 5.0) else ""
+
+
 def plot(by_case, methods, path):
     import matplotlib
 
@@ -441,7 +447,7 @@ def plot(by_case, methods, path):
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
-        ax.yaxis.set_minor_formatter(ticker.FormatStrFormatter("%g"))
+        ax.yaxis.set_minor_formatter(ticker.FuncFormatter(_minor_label))
         ax.xaxis.set_major_formatter(ticker.FormatStrFormatter("%g"))
         ax.set_xlabel("dose (counts / px)")
         ax.set_title(f"{size:g} Å/px")
