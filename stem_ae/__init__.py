@@ -58,7 +58,10 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'stem_ae' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"stem_ae.{module}"), name)
+    submodule = importlib.import_module(f"stem_ae.{module}")
+    # ``train`` and ``reconstruct`` are submodules too: they stay the (callable) submodule, so
+    # that ``import stem_ae.train as t`` and ``stem_ae.train(config)`` both work.
+    value = submodule if name == module else getattr(submodule, name)
     globals()[name] = value
     return value
 

@@ -26,9 +26,16 @@ import functools
 import math
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
+
+from stem_ae import _callable_module
+from stem_ae._residual import (
+    RESIDUAL_SIGMAS,
+    apply_residual,
+    choose_residual_sigma,
+)
 
 WINDOW = 28
 """Side of the auto-encoder's square window, px (the paper's 28×28)."""
@@ -935,6 +942,9 @@ REFERENCE_LATTICE_CONSTANT = 3.905
 """Default ``lattice_constant`` (Å) for the ``pixel_size`` cross-check: SrTiO3, which covers the
 pseudo-cubic perovskites (3.8–4.0 Å) within the 10 % tolerance."""
 
+RESIDUAL_FLOOR = 0.06
+"""Smallest residual-correction bandwidth, as a fraction of the dominant lattice spacing."""
+
 LARGE_IMAGE = 4096 * 4096
 """In-memory 2-D images with more pixels than this go through tiled (Dask) processing."""
 
@@ -953,6 +963,8 @@ class _Plan:
     step: int
     blend: str
     batch_size: int
+    residual_sigma: float = 0.0  # SURE residual correction bandwidth, input px (0 = none)
+    spacing: float = 0.0  # measured dominant lattice spacing, input px
 
     @property
     def depth(self) -> int:
@@ -960,6 +972,7 @@ class _Plan:
         ratio = max(s / n for s, n in zip(self.scaled, self.shape, strict=True))
         inverse = max(n / s for s, n in zip(self.scaled, self.shape, strict=True))
         halo_in = 4 * max(0.0, (inverse - 1) / 2) + 20
+        halo_in += 4 * self.residual_sigma  # the residual correction's low-pass
         halo_scaled = WINDOW + self.step + 40 + 4 * max(0.0, (ratio - 1) / 2)
         return math.ceil(halo_in + halo_scaled * inverse) + 4
 
@@ -998,15 +1011,18 @@ def _denoise_block(
     runner: _Runner,
     uncertainty: bool,
     progress: ProgressCallback | None = None,
+    chosen_sigma: list | None = None,
 ):
     """Denoise one tile (or whole frame) whose pixel (0, 0) is global pixel ``origin``.
 
     Returns float64 ``(denoised, spread)`` in the block's units (spread None unless asked).
+    With a list as ``chosen_sigma``, the residual correction's bandwidth is chosen here by SURE
+    (instead of ``plan.residual_sigma``) and appended to the list.
     """
     if not np.all(np.isfinite(block)):
         raise ValueError("image contains NaN or Inf; replace or mask them before denoising.")
     span = plan.high - plan.low
-    data = np.clip((np.asarray(block, np.float64) - plan.low) / span, *CLIP_RANGE)
+    data = normalized = np.clip((np.asarray(block, np.float64) - plan.low) / span, *CLIP_RANGE)
     resample = plan.scaled != plan.shape
     if resample:
         sizes = list(zip(plan.shape, plan.scaled, strict=True))
@@ -1042,6 +1058,15 @@ def _denoise_block(
         denoised = _resample(denoised, first, back, origin, block.shape)
         if spread is not None:
             spread = np.maximum(_resample(spread, first, back, origin, block.shape), 0.0)
+    sigma = plan.residual_sigma
+    if chosen_sigma is not None:
+        floor = RESIDUAL_FLOOR * plan.spacing
+        sigma = choose_residual_sigma(
+            normalized, denoised, tuple(s for s in RESIDUAL_SIGMAS if s == 0 or s >= floor)
+        )
+        chosen_sigma.append(sigma)
+    if sigma > 0:
+        denoised = apply_residual(normalized, denoised, sigma)
     denoised = denoised * span + plan.low
     return denoised, None if spread is None else spread * span
 
@@ -1123,7 +1148,9 @@ def _measure(
             f"sampling ({spacing_low:.1f}–{spacing_high:.1f} px), smaller than the {WINDOW} px "
             "window; give a larger field of view."
         )
-    plan = _Plan(tuple(shape), scaled, low, high, step, blend, batch_size)
+    plan = _Plan(
+        tuple(shape), scaled, low, high, step, blend, batch_size, spacing=lattice.dominant_spacing
+    )
     return plan, lattice
 
 
@@ -1176,6 +1203,7 @@ def denoise(
     batch_size: int = 8192,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    residual: str | float = "sure",
 ):
     """Denoise an atomic-resolution STEM image, a frame series or a Dask array.
 
@@ -1187,7 +1215,16 @@ def denoise(
        (pixel-centre convention, anti-aliased, cubic) so that its spacings land in the range the
        model was trained on (:func:`_scale_factor`); no resampling within 2 % of the target.
     3. **Reconstruction** with :func:`reconstruct` (floating window, reflect-padded borders).
-    4. Resampling back to exactly the input shape, undoing the normalisation.
+    4. Resampling back to exactly the input shape.
+    5. **Residual correction** (``residual="sure"``): the auto-encoder has an error floor and can
+       fill a vacancy with a column it expects; ``G_s * (image − output)``, the residual low-passed
+       by a Gaussian of ``s`` px, is added back, with ``s`` chosen by Stein's unbiased risk
+       estimate on the central crop of the (first) frame (:mod:`stem_ae._residual`), never
+       below :data:`RESIDUAL_FLOOR` × the lattice spacing (so that pixel noise, which moves the
+       fitted column positions, is not put back). This keeps
+       the result consistent with the measured data: on simulated scenes it lifts PSNR from the
+       auto-encoder's ≈25 dB ceiling to above the best (oracle) Gaussian filter at every dose.
+    6. Undoing the normalisation.
 
     Parameters
     ----------
@@ -1221,6 +1258,10 @@ def denoise(
         ``dask.distributed`` client).
     progress : callable (done, total) -> None, optional
         Called as windows (single in-memory image) or frames/tiles are finished.
+
+    residual : {"sure", "none"} or float
+        Residual correction (step 5): ``"sure"`` chooses the bandwidth, ``"none"`` returns the
+        auto-encoder's output alone, a number ≥ 0 fixes the bandwidth in px.
 
     Returns
     -------
@@ -1278,6 +1319,7 @@ def denoise(
     _check_blend(blend)
     if batch_size < 1:
         raise ValueError(f"batch_size={batch_size} must be >= 1.")
+    fixed_sigma = _check_residual(residual)
 
     crop = image[_lattice_crop(image.shape)]
     sample = image[_subsample(image.shape)]
@@ -1295,6 +1337,23 @@ def denoise(
         lattice_constant=lattice_constant,
     )
     runner = _Runner(model)
+    pilot = None
+    if fixed_sigma is not None:
+        plan = replace(plan, residual_sigma=fixed_sigma)
+    else:
+        # One frame's central crop (all of a 2-D image up to 1024² px) through the auto-encoder,
+        # then SURE; every tile and frame is then corrected with the same bandwidth.
+        region = _lattice_crop(image.shape[-2:])
+        frame = image[(0, *region)] if image.ndim == 3 else image[region]
+        frame = np.asarray(frame.compute() if lazy else frame, np.float64)
+        origin = (region[0].start, region[1].start)
+        chosen: list[float] = []
+        pilot = _denoise_block(frame, origin, plan, runner, return_uncertainty, progress, chosen)
+        plan = replace(plan, residual_sigma=chosen[0])
+        if image.ndim == 2 and frame.shape == image.shape and not lazy:
+            if return_uncertainty:
+                return pilot[0].astype(np.float32), pilot[1].astype(np.float32)
+            return pilot[0].astype(np.float32)
 
     if lazy:
         return _denoise_dask(image, plan, runner, return_uncertainty)
@@ -1309,6 +1368,21 @@ def denoise(
             return denoised.astype(np.float32), spread.astype(np.float32)
         return denoised.astype(np.float32)
     return _denoise_frames(image, plan, runner, return_uncertainty, workers, progress)
+
+
+def _check_residual(residual) -> float | None:
+    """The fixed residual bandwidth (px), or None when SURE is to choose it."""
+    if isinstance(residual, str):
+        if residual == "sure":
+            return None
+        if residual == "none":
+            return 0.0
+    elif isinstance(residual, (int, float)) and np.isfinite(residual) and residual >= 0:
+        return float(residual)
+    raise ValueError(
+        f"residual={residual!r} is not one of 'sure', 'none' or a bandwidth >= 0 px; "
+        "use 'sure' (the default)."
+    )
 
 
 def _denoise_frames(image, plan, runner, uncertainty, workers, progress):
@@ -1419,3 +1493,6 @@ def _compute(results, workers):
     import dask
 
     return dask.compute(results, scheduler="threads", num_workers=workers)[0]
+
+
+_callable_module(__name__)

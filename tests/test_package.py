@@ -28,7 +28,9 @@ def test_every_public_name_resolves_to_its_module(name):
 
 @pytest.mark.parametrize("name", ["train", "reconstruct"])
 def test_function_named_like_its_module_stays_callable(name, monkeypatch):
-    module = importlib.import_module(f"stem_ae.{name}")  # binds the submodule to stem_ae.<name>
+    function_first = getattr(stem_ae, name)
+    module = importlib.import_module(f"stem_ae.{name}")
+    assert function_first is module  # the callable submodule, whichever came first
     calls = []
     monkeypatch.setattr(module, name, lambda *args, **kwargs: calls.append((args, kwargs)) or 7)
     assert getattr(stem_ae, name)(1, key=2) == 7
