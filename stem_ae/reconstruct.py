@@ -1490,9 +1490,15 @@ def _balanced_chunks(length: int, side: int) -> tuple[int, ...]:
 
 
 def _compute(results, workers):
+    """Compute lazy results straight into preallocated arrays (no concatenated extra copy)."""
     import dask
+    import dask.array as da
 
-    return dask.compute(results, scheduler="threads", num_workers=workers)[0]
+    lazy = results if isinstance(results, tuple) else (results,)
+    outputs = [np.empty(r.shape, r.dtype) for r in lazy]
+    with dask.config.set(scheduler="threads", num_workers=workers):
+        da.store(list(lazy), outputs, lock=False)
+    return tuple(outputs) if isinstance(results, tuple) else outputs[0]
 
 
 _callable_module(__name__)
