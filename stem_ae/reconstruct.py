@@ -942,7 +942,7 @@ REFERENCE_LATTICE_CONSTANT = 3.905
 """Default ``lattice_constant`` (Å) for the ``pixel_size`` cross-check: SrTiO3, which covers the
 pseudo-cubic perovskites (3.8–4.0 Å) within the 10 % tolerance."""
 
-RESIDUAL_FLOOR = 0.06
+RESIDUAL_FLOOR = 0.03
 """Smallest residual-correction bandwidth, as a fraction of the dominant lattice spacing."""
 
 LARGE_IMAGE = 4096 * 4096

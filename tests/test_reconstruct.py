@@ -380,7 +380,7 @@ def test_denoised_srtio3_columns_sit_closer_to_a_lattice(data_dir):
     # The auto-encoder alone pulls columns onto a lattice; the default adds back the low-passed
     # residual (data consistency), which keeps less of that regularity but invents less.
     assert _second_difference_rms(network_only, reciprocal) < 0.8 * raw
-    assert _second_difference_rms(denoised, reciprocal) < 0.95 * raw
+    assert _second_difference_rms(denoised, reciprocal) < 0.98 * raw
 
 
 @pytest.mark.slow
