@@ -35,6 +35,7 @@ _LAZY = {
     "save_model": "model",
     "load_model": "model",
     "available_models": "model",
+    "get_config": "model",
     # train
     "train": "train",
     "evaluate": "train",
@@ -48,7 +49,11 @@ _LAZY = {
     "write_image": "io",
     # analysis
     "find_columns": "analysis",
+    "assign_sublattices": "analysis",
     "lattice_map": "analysis",
+    "elongation_profile": "analysis",
+    "match_columns": "analysis",
+    "crlb_position": "analysis",
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
