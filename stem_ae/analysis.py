@@ -963,6 +963,15 @@ def _data_range(truth: np.ndarray) -> float:
     return span
 
 
+def _check_pair(truth: np.ndarray, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Both images checked, and of one shape."""
+    truth = _check_image(truth, "truth")
+    image = _check_image(image)
+    if truth.shape != image.shape:
+        raise ValueError(f"image shape {image.shape} differs from truth shape {truth.shape}")
+    return truth, image
+
+
 def psnr(truth: np.ndarray, image: np.ndarray) -> float:
     """Peak signal-to-noise ratio (dB) of ``image`` against ``truth``, data range from the truth.
 
@@ -974,10 +983,7 @@ def psnr(truth: np.ndarray, image: np.ndarray) -> float:
     """
     from skimage.metrics import peak_signal_noise_ratio
 
-    truth = _check_image(truth, "truth")
-    image = _check_image(image)
-    if truth.shape != image.shape:
-        raise ValueError(f"image shape {image.shape} differs from truth shape {truth.shape}")
+    truth, image = _check_pair(truth, image)
     return float(peak_signal_noise_ratio(truth, image, data_range=_data_range(truth)))
 
 
@@ -992,10 +998,7 @@ def ssim(truth: np.ndarray, image: np.ndarray) -> float:
     """
     from skimage.metrics import structural_similarity
 
-    truth = _check_image(truth, "truth")
-    image = _check_image(image)
-    if truth.shape != image.shape:
-        raise ValueError(f"image shape {image.shape} differs from truth shape {truth.shape}")
+    truth, image = _check_pair(truth, image)
     return float(structural_similarity(truth, image, data_range=_data_range(truth)))
 
 
