@@ -132,6 +132,48 @@ def test_fast_equals_naive(dense_model, step, blend):
     assert np.abs(fast_spread - naive_spread).max() <= 2e-3 * np.abs(image).max()
 
 
+def _conv_model() -> keras.Model:
+    """A window model that is not a Dense chain: runs through the generic (gathered) path."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((WINDOW, WINDOW)),
+            keras.layers.Reshape((WINDOW, WINDOW, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(1, 3, padding="same"),
+            keras.layers.Reshape((WINDOW, WINDOW)),
+        ]
+    )
+
+
+def _variant(kind: str) -> keras.Model:
+    keras.utils.set_random_seed(2)
+    if kind == "sigmoid output":
+        return build_autoencoder(AEConfig(encoder=(32,), code=8, output_activation="sigmoid"))
+    if kind == "raw windows":
+        return build_autoencoder(AEConfig(encoder=(32,), code=8, normalization="none"))
+    if kind == "one layer":
+        return _linear_model(np.random.default_rng(3).normal(size=(WINDOW**2,) * 2) / WINDOW)
+    return _conv_model()
+
+
+@pytest.mark.parametrize("kind", ["sigmoid output", "raw windows", "one layer", "not dense"])
+def test_fast_equals_naive_for_every_model_shape(kind):
+    model = _variant(kind)
+    image = np.random.default_rng(4).normal(size=(50, 61)) * 2 + 5
+    fast = reconstruct(image, model, step=3, batch_size=64)
+    naive = reconstruct(image, model, step=3, method="naive")
+    assert np.abs(fast - naive).max() <= 1e-4 * np.abs(naive).max()
+
+
+def test_fast_is_bit_reproducible(dense_model):
+    # bands run on several threads but are added in order: the same bytes every time
+    image = np.random.default_rng(5).normal(size=(90, 80))
+    first = reconstruct(image, dense_model, step=2, batch_size=50)
+    for _ in range(3):
+        assert reconstruct(image, dense_model, step=2, batch_size=50).tobytes() == first.tobytes()
+
+
 def test_uncertainty_is_the_spread_of_window_predictions():
     # the mean model predicts each window's mean: a pixel's spread is the spread of the means
     image = np.zeros((56, 56))
