@@ -436,11 +436,14 @@ def reconstruct(
         Distance between neighbouring windows, px, 1..28. Each pixel is predicted by about
         ``(28 / step)**2`` windows.
     method : {"fast", "naive"}
-        ``"fast"`` gathers the windows of ``batch_size``-window bands by strided slicing (the
-        per-window mean and standard deviation from running sums), runs the model as one
-        compiled TensorFlow function on windows-as-columns (a Dense chain as bare matrix
-        products) and adds the outputs back by window offset. ``"naive"`` materialises every
-        window, calls ``model.predict`` and adds window by window; it is the test oracle.
+        ``"fast"`` works in bands of about ``batch_size`` windows (the per-window mean and
+        standard deviation from running sums): a Dense chain runs as one compiled TensorFlow
+        function whose first layer is a strided correlation of the band (no window is copied
+        out) and whose last product also applies the window's scale and the blend weights;
+        bands run on :data:`PIPELINE` threads and are added back in order, by window offset.
+        Other Keras models get their windows gathered by strided slicing and run as one
+        compiled call. ``"naive"`` materialises every window, calls ``model.predict`` and adds
+        window by window; it is the test oracle.
     blend : {"mean", "hann"}
         Recombination weights, see :func:`blend_weights`.
     batch_size : int
@@ -1527,10 +1530,14 @@ class _Progress:
 
 
 class _TileTask:
-    """The ``map_overlap`` function: denoise one overlapped tile (picklable for distributed)."""
+    """The ``map_overlap`` function: denoise one overlapped tile (picklable for distributed).
 
-    def __init__(self, plan, runner, which, starts, depths, progress=None):
-        self.plan, self.runner, self.which = plan, runner, which
+    With ``uncertainty`` the tile comes back as complex64, the denoised tile as the real part
+    and the spread as the imaginary part, so that one pass gives both (split lazily after).
+    """
+
+    def __init__(self, plan, runner, uncertainty, starts, depths, progress=None):
+        self.plan, self.runner, self.uncertainty = plan, runner, uncertainty
         self.starts, self.depths, self.progress = starts, depths, progress
 
     def __call__(self, data: np.ndarray, block_info=None) -> np.ndarray:
@@ -1540,10 +1547,15 @@ class _TileTask:
             for starts, i, depth in zip(self.starts, location, self.depths, strict=True)
         )
         frames = data.reshape(-1, *data.shape[-2:])
-        out = np.empty(frames.shape, np.float32)
+        out = np.empty(frames.shape, np.complex64 if self.uncertainty else np.float32)
         for index, frame in enumerate(frames):
-            result = _denoise_block(frame, origin, self.plan, self.runner, self.which == 1)
-            out[index] = result[self.which]
+            denoised, spread = _denoise_block(
+                frame, origin, self.plan, self.runner, self.uncertainty
+            )
+            if self.uncertainty:
+                out[index].real, out[index].imag = denoised, spread
+            else:
+                out[index] = denoised
         if self.progress is not None:
             self.progress.step()
         return out.reshape(data.shape)
@@ -1568,18 +1580,16 @@ def _denoise_dask(image, plan, runner, uncertainty, progress=None):
         spatial_depth[0] = 0
     counter = None
     if progress is not None:
-        counter = _Progress(progress, math.prod(len(c) for c in chunks) * (1 + uncertainty))
-    outputs = [
-        image.map_overlap(
-            _TileTask(plan, runner, which, starts, depths, counter),
-            depth=spatial_depth,
-            boundary="none",
-            dtype=np.float32,
-            meta=np.array((), np.float32),
-        )
-        for which in ((0, 1) if uncertainty else (0,))
-    ]
-    return tuple(outputs) if uncertainty else outputs[0]
+        counter = _Progress(progress, math.prod(len(c) for c in chunks))
+    dtype = np.complex64 if uncertainty else np.float32
+    out = image.map_overlap(
+        _TileTask(plan, runner, uncertainty, starts, depths, counter),
+        depth=spatial_depth,
+        boundary="none",
+        dtype=dtype,
+        meta=np.array((), dtype),
+    )
+    return (out.real, out.imag) if uncertainty else out
 
 
 def _balanced_chunks(length: int, side: int) -> tuple[int, ...]:

@@ -49,6 +49,21 @@ def test_tiles_equal_the_in_memory_result(model):
     assert np.abs(spread - reference_spread).max() <= 1e-3 * np.ptp(image)
 
 
+def test_uncertainty_costs_one_pass_per_tile(model, monkeypatch):
+    image = _crystal((300, 280), seed=4)
+    calls = []
+    block = reconstruct_module._denoise_block
+    monkeypatch.setattr(
+        reconstruct_module, "_denoise_block", lambda *a, **k: calls.append(1) or block(*a, **k)
+    )
+    lazy, lazy_spread = denoise(
+        da.from_array(image, chunks=(150, 140)), model=model, return_uncertainty=True
+    )
+    calls.clear()  # the pilot crop that chose the residual bandwidth
+    dask.compute(lazy, lazy_spread, scheduler="sync")
+    assert len(calls) == lazy.npartitions == 4
+
+
 def test_large_in_memory_image_goes_through_tiles(model, monkeypatch):
     image = _crystal((300, 280), seed=1)
     reference = denoise(image, model=model)
