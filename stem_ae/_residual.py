@@ -135,8 +135,14 @@ def _lowpass(residual: np.ndarray, sigma: float) -> np.ndarray:
     return ndi.gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE)
 
 
-def apply_residual(noisy: np.ndarray, estimate: np.ndarray, sigma: float) -> np.ndarray:
-    """Return ``estimate + G_sigma * (noisy − estimate)`` as float64; ``sigma = 0`` gives a copy.
+def apply_residual(
+    noisy: np.ndarray, estimate: np.ndarray, sigma: float, *, overwrite: bool = False
+) -> np.ndarray:
+    """Return ``estimate + G_sigma * (noisy − estimate)``; ``sigma = 0`` gives a copy.
+
+    Computed in float32 when both images are float32, else in float64. With ``overwrite=True``
+    and an ``estimate`` of that dtype, the result is written into ``estimate`` (one image-sized
+    buffer fewer, for large tiles).
 
     Examples
     --------
@@ -144,6 +150,17 @@ def apply_residual(noisy: np.ndarray, estimate: np.ndarray, sigma: float) -> np.
     >>> float(apply_residual(y, a, 1.0).mean())
     1.0
     """
-    y = np.asarray(noisy, dtype=np.float64)
-    a = np.asarray(estimate, dtype=np.float64)
-    return a + _lowpass(y - a, float(sigma))
+    single = np.asarray(noisy).dtype == np.float32 and np.asarray(estimate).dtype == np.float32
+    dtype = np.float32 if single else np.float64
+    y = np.asarray(noisy, dtype=dtype)
+    a = np.asarray(estimate, dtype=dtype)
+    residual = y - a
+    if sigma == 0:
+        residual[...] = 0.0
+    else:  # separable: scipy filters line by line through a buffer, so in place is safe
+        ndi.gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE, output=residual)
+    if overwrite and a is estimate:
+        a += residual
+        return a
+    residual += a
+    return residual
