@@ -15,8 +15,8 @@ fixed::
     SURE(s) = mean((G_s * r − r)²) − v + 2 v g_s(0),   r = y − a,
 
 with ``g_s(0)`` the centre tap of the Gaussian kernel and ``v`` the mean noise variance, measured
-as the mean square of the finest diagonal Haar detail of the residual (the auto-encoder's own
-error is smooth, the noise is white at that scale; a mean, not a median, so that Poisson noise's
+from the residual's fourth-order differences (:func:`noise_variance`: the auto-encoder's own
+error is smooth at that scale, the noise is white; a mean, not a median, so that Poisson noise's
 bright pixels count). Where the network invented a column that the data do not show, the
 correction removes most of it: on simulated RP-fault scenes at 0.3 Å/px it cut the invented
 columns from 37 to 10 (of 413) and raised PSNR from 25 to 31 dB at 16 counts/px.
@@ -51,13 +51,25 @@ def _centre_tap(sigma: float) -> float:
     return float((1.0 / kernel.sum()) ** 2)
 
 
+_DIFFERENCE = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
+"""Fourth-order finite difference; its outer product with itself annihilates any signal that is
+a cubic polynomial along rows or along columns."""
+
+
 def noise_variance(residual: np.ndarray) -> float:
-    """Mean noise variance from the finest diagonal Haar detail of a residual, in its units².
+    """Mean noise variance of a residual from its fourth-order differences, in its units².
+
+    The residual is filtered with the separable 5×5 kernel ``d ⊗ d``, ``d = (1, -4, 6, -4, 1)``
+    (interior pixels only), and the mean square is divided by the kernel's energy ``Σ(d⊗d)² =
+    4900``: exact for white noise of any distribution (Poisson's mean variance included), and
+    nearly blind to what the auto-encoder got wrong, which is smooth at that scale. (The 2×2
+    diagonal Haar detail used before saw the network's error at fine lattice spacings as noise:
+    up to 4.5× the true variance at 0.3 Å/px and 100 counts/px, which made SURE over-smooth.)
 
     Parameters
     ----------
     residual : ndarray, shape (H, W)
-        Noisy image minus a smooth estimate of it (H, W ≥ 2).
+        Noisy image minus an estimate of it (H, W ≥ 5).
 
     Returns
     -------
@@ -72,12 +84,16 @@ def noise_variance(residual: np.ndarray) -> float:
     True
     """
     r = np.asarray(residual, dtype=np.float64)
-    h, w = (r.shape[0] // 2) * 2, (r.shape[1] // 2) * 2
-    if h == 0 or w == 0:
-        raise ValueError(f"residual of shape {r.shape} is too small; give at least 2×2 px")
-    r = r[:h, :w]
-    detail = (r[0::2, 0::2] - r[1::2, 0::2] - r[0::2, 1::2] + r[1::2, 1::2]) / 2.0
-    return float(np.mean(detail**2))
+    size = len(_DIFFERENCE)
+    if r.ndim != 2 or min(r.shape) < size:
+        raise ValueError(f"residual of shape {r.shape} is too small; give at least 5×5 px")
+    detail = ndi.correlate1d(r, _DIFFERENCE, axis=0, mode="reflect")
+    ndi.correlate1d(detail, _DIFFERENCE, axis=1, mode="reflect", output=detail)
+    margin = size // 2
+    interior = detail[margin:-margin, margin:-margin]
+    if interior.size == 0:
+        raise ValueError(f"residual of shape {r.shape} is too small; give at least 5×5 px")
+    return float(np.mean(interior**2) / np.sum(_DIFFERENCE**2) ** 2)
 
 
 def choose_residual_sigma(
