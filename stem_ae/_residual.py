@@ -37,6 +37,12 @@ from scipy import ndimage as ndi
 RESIDUAL_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 """Candidate bandwidths (px of the input image) for the residual low-pass; 0 means none."""
 
+CONSISTENCY_WIDTH = 0.2
+"""Width of the column-scale consistency test, as a fraction of the dominant lattice spacing."""
+
+CONSISTENCY_THRESHOLD = 2.0
+"""Significance (in noise standard deviations) above which the residual is put back locally."""
+
 _TRUNCATE = 4.0
 
 
@@ -54,6 +60,16 @@ def _centre_tap(sigma: float) -> float:
 _DIFFERENCE = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
 """Fourth-order finite difference; its outer product with itself annihilates any signal that is
 a cubic polynomial along rows or along columns."""
+
+
+@cache
+def _kernel_energy(sigma: float) -> float:
+    """Sum of squares of the 2-D Gaussian kernel that ``ndimage.gaussian_filter`` applies."""
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=float)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    return float(np.sum(kernel**2) ** 2)
 
 
 def noise_variance(residual: np.ndarray) -> float:
@@ -180,3 +196,70 @@ def apply_residual(
         return a
     residual += a
     return residual
+
+
+def consistency_correction(
+    noisy: np.ndarray,
+    estimate: np.ndarray,
+    width: float,
+    variance: float,
+    threshold: float = CONSISTENCY_THRESHOLD,
+) -> np.ndarray:
+    """Put the column-scale residual back wherever the estimate disagrees with the data.
+
+    A global bandwidth cannot tell a vacancy from noise at low dose: SURE then smooths the
+    residual so much that a column the network painted into a vacancy stays. This step tests
+    the estimate locally instead. The residual ``y − a`` is averaged over a column-sized
+    Gaussian of ``width`` px, ``m = G_width * (y − a)``, and compared with its noise level,
+    ``z = |m| / sqrt(variance · ΣG²)``; where ``z`` exceeds ``threshold`` the average is added
+    back, with a weight rising linearly from 0 at ``threshold`` to 1 at twice it::
+
+        x̂ = a + clip((z − t) / t, 0, 1) · m
+
+    Where the estimate agrees with the data within the noise nothing changes. On simulated
+    SrTiO3 scenes at 1 count/px this halved the vacancies filled by an invented column (29 % →
+    14 %) and the invented columns (1.5 % → 0.7 %), PSNR +0.05 dB, position error unchanged;
+    at 4–64 counts/px it changed nothing measurable (``python benchmarks/quality.py``).
+
+    Parameters
+    ----------
+    noisy, estimate : ndarray, shape (H, W)
+        The measured image and the estimate of it (float32 in, float32 out; else float64).
+    width : float
+        Gaussian standard deviation, px (about a column's width).
+    variance : float
+        Mean noise variance of ``noisy`` (:func:`noise_variance` of a residual).
+    threshold : float
+        Significance in standard deviations of the averaged noise.
+
+    Returns
+    -------
+    ndarray
+        The corrected estimate.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> truth = np.zeros((64, 64)); truth[28:36, 28:36] = 1.0  # a column the estimate lacks
+    >>> noisy = truth + rng.normal(0, 0.5, truth.shape)
+    >>> fixed = consistency_correction(noisy, np.zeros_like(truth), 2.0, 0.25)
+    >>> bool(fixed[32, 32] > 0.5), bool(np.abs(fixed[:16, :16]).max() < 0.1)
+    (True, True)
+    """
+    if width <= 0 or variance <= 0:
+        raise ValueError(
+            f"width {width} and variance {variance} must be positive; use the lattice-derived "
+            "width and noise_variance() of a residual"
+        )
+    single = np.asarray(noisy).dtype == np.float32 and np.asarray(estimate).dtype == np.float32
+    dtype = np.float32 if single else np.float64
+    a = np.asarray(estimate, dtype=dtype)
+    mean = np.asarray(noisy, dtype=dtype) - a
+    ndi.gaussian_filter(mean, width, mode="reflect", truncate=_TRUNCATE, output=mean)
+    z = np.abs(mean) / np.sqrt(variance * _kernel_energy(float(width)))
+    z -= threshold
+    z /= threshold
+    np.clip(z, 0.0, 1.0, out=z)
+    mean *= z
+    mean += a
+    return mean
