@@ -1416,6 +1416,204 @@ def strain_tensor(y, x, params: Mapping) -> tuple[np.ndarray, np.ndarray]:
     return amp * np.cos(2 * np.pi * y / ly + py), amp * np.cos(2 * np.pi * x / lx + px)
 
 
+@dataclass
+class _SceneColumns:
+    """Columns of a scene while it is being built: fractional and image coordinates, px."""
+
+    fu: np.ndarray  # (N,) fractional coordinate along a1
+    fv: np.ndarray  # (N,) fractional coordinate along a2
+    inten: np.ndarray  # (N,) peak heights
+    types: np.ndarray  # (N,) column types, 0 strongest
+    origin: np.ndarray  # (2,) image position of the site (0, 0), (y, x) px
+    vec: np.ndarray  # (2, 2) rotated lattice vectors, rows a1, a2, (y, x) px
+    centre: np.ndarray  # (2,) image centre, (y, x) px
+    radius: float  # columns further than this from the image (px) are not rendered
+    pos: np.ndarray | None = None  # (N, 2) image positions, (y, x) px
+    reference: np.ndarray | None = None  # (N, 2) positions before strain (and with drift)
+
+
+def _scene_shape(shape) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise ValueError(f"shape must be (height, width), got {shape!r}") from None
+    if h < MIN_WINDOW or w < MIN_WINDOW:
+        raise ValueError(f"shape must be at least {MIN_WINDOW}×{MIN_WINDOW} px, got {shape!r}")
+    return h, w
+
+
+def _scene_noise(noise, dose) -> NoiseModel:
+    """The scene's noise model: ``NoiseModel(dose=dose)``, or ``noise`` with ``dose`` filled in."""
+    if dose is not None:
+        if not (float(dose) >= 0 and math.isfinite(dose)):
+            raise ValueError(f"dose must be >= 0 counts/px (or None), got {dose!r}")
+    if noise is None:
+        return NoiseModel(dose=dose)
+    if not isinstance(noise, NoiseModel):
+        raise ValueError(f"noise must be a NoiseModel or None, got {type(noise).__name__}")
+    if noise.dose is None and noise.snr is None and dose is not None:
+        return dataclasses.replace(noise, dose=dose)
+    return noise
+
+
+def _check_scene_period(lat: Lattice, pixel_size: float) -> None:
+    if lat.a < MIN_PERIOD or lat.b < MIN_PERIOD:
+        raise ValueError(
+            f"period must be >= {MIN_PERIOD} px, got a = {lat.a:.3g}, b = {lat.b:.3g} px "
+            f"(pixel_size {pixel_size} Å/px)"
+        )
+
+
+def _scene_columns(lat: Lattice, angle: float, shape, gen) -> _SceneColumns:
+    """Perfect lattice in lattice coordinates, with a column of type 0 near the image centre.
+
+    Draws the origin (2 uniform numbers) from ``gen``; covers the image and a margin of
+    ``radius`` px around it.
+    """
+    h, w = shape
+    vec = lat.vectors(angle)
+    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
+    t = gen.random(2)
+    origin = centre - t @ vec  # a Sr column near the centre
+    radius = 0.5 * math.hypot(h, w) + GAUSS_CUTOFF * lat.sigma + 2 * max(lat.a, lat.b)
+    bnorm = np.linalg.norm(np.linalg.inv(vec), axis=0)
+    m = np.ceil(radius * bnorm).astype(int) + 2
+    ii, jj = np.meshgrid(np.arange(-m[0], m[0] + 1), np.arange(-m[1], m[1] + 1), indexing="ij")
+    basis = np.array(lat.basis)
+    types_site = lat.column_types()
+    return _SceneColumns(
+        fu=(ii.ravel()[:, None] + basis[None, :, 0]).ravel(),
+        fv=(jj.ravel()[:, None] + basis[None, :, 1]).ravel(),
+        inten=np.tile(basis[:, 2], ii.size),
+        types=np.tile(types_site, ii.size),
+        origin=origin,
+        vec=vec,
+        centre=centre,
+        radius=radius,
+    )
+
+
+def _place_columns(cols: _SceneColumns) -> None:
+    """Image positions of the perfect lattice: ``origin + u·a1 + v·a2``."""
+    cols.pos = cols.origin + np.outer(cols.fu, cols.vec[0]) + np.outer(cols.fv, cols.vec[1])
+    cols.reference = cols.pos.copy()
+
+
+def _apply_rp_fault(cols: _SceneColumns, lat: Lattice, elongation, decay_cells) -> dict:
+    """Insert a Ruddlesden–Popper fault through the Sr plane at the origin; return its record.
+
+    The block beyond the plane is shifted by half a cell along and across it (the SrO plane
+    appears twice), and the cells next to it are elongated (:func:`rp_displacement`).
+    """
+    fu, fv, inten, types = cols.fu, cols.fv, cols.inten, cols.types
+    vec, origin = cols.vec, cols.origin
+    e1, e2 = vec[0] / lat.a, vec[1] / lat.b  # unit vectors of a1, a2 (y, x)
+    i0 = 0  # the Sr plane through the origin (nearest the centre)
+    left = fu <= i0 + 1e-9
+    right = fu >= i0 - 1e-9
+    fu = np.concatenate([fu[left], fu[right] + 0.5])
+    fv = np.concatenate([fv[left], fv[right] + 0.5])
+    cols.inten = np.concatenate([inten[left], inten[right]])
+    cols.types = np.concatenate([types[left], types[right]])
+    cols.fu, cols.fv = fu, fv
+    fault_u = i0 + 0.25  # mid-plane of the rock-salt gap, fractional
+    decay = decay_cells * lat.a
+    d = (fu - fault_u) * lat.a  # signed distance from the fault plane, px
+    du = rp_displacement(d, elongation, decay)
+    cols.pos = origin + np.outer(fu, vec[0]) + np.outer(fv, vec[1]) + np.outer(du, e1)
+    cols.reference = cols.pos.copy()
+    fault_point = origin + fault_u * vec[0]
+    return {
+        "fault_point": fault_point.tolist(),
+        "fault_normal": e1.tolist(),
+        "fault_direction": e2.tolist(),
+        "fault_x": float(fault_point[1]) if abs(e1[0]) < 1e-12 else None,
+        "shift_along_px": 0.5 * lat.b,
+        "shift_perpendicular_px": 0.5 * lat.a,
+        "shift_sign": [1, 1],
+        "elongation": {
+            "amplitude": float(elongation),
+            "decay_length_px": float(decay),
+            "profile": "amplitude * exp(-|d| / decay_length_px)",
+            "displacement": "sign(d) * amplitude * decay_length_px * (1 - exp(-|d| / L))",
+        },
+        "description": (
+            "columns beyond the fault (d > 0 along fault_normal) are shifted by "
+            "(shift_perpendicular_px along fault_normal, shift_along_px along "
+            "fault_direction) relative to the perfect continuation minus the duplicated "
+            "SrO plane; d is the signed distance of a column from the fault plane"
+        ),
+    }
+
+
+def _apply_strain(cols: _SceneColumns, amplitude: float, shape, gen) -> dict:
+    """Displace the columns by a smooth strain field (phases drawn from ``gen``); its record."""
+    h, w = shape
+    params = {
+        "amplitude": float(amplitude),
+        "wavelength_px": [float(h), float(w)],
+        "phase": gen.uniform(0, 2 * np.pi, size=2).tolist(),
+        "displacement": "dy = A*Ly/2pi*sin(2pi*y/Ly + py); dx = A*Lx/2pi*sin(2pi*x/Lx + px)",
+        "strain": "e_yy = A*cos(2pi*y/Ly + py); e_xx = A*cos(2pi*x/Lx + px); e_xy = 0",
+    }
+    dy, dx = strain_displacement(cols.pos[:, 0], cols.pos[:, 1], params)
+    cols.pos = cols.pos + np.stack([dy, dx], -1)
+    return params
+
+
+def _apply_scan_drift(cols: _SceneColumns, drift: float) -> None:
+    """Scan drift (shear, px of x per row about the centre row) moves the truth too."""
+    cols.pos[:, 1] += drift * (cols.pos[:, 0] - cols.centre[0])
+    cols.reference[:, 1] += drift * (cols.reference[:, 0] - cols.centre[0])
+
+
+def _inside_image(pos: np.ndarray, shape) -> np.ndarray:
+    """Columns whose centres lie on a pixel of the image (within half a pixel of its edge)."""
+    h, w = shape
+    return (
+        (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
+    )
+
+
+def _apply_vacancies(cols: _SceneColumns, inside, fraction: float, gen) -> tuple[np.ndarray, dict]:
+    """Remove ``fraction`` of the columns inside the image; return the kept mask and a record."""
+    keep = np.ones(len(cols.pos), bool)
+    idx = np.flatnonzero(inside)
+    n_vac = round(fraction * len(idx))
+    gone = np.sort(gen.choice(idx, size=n_vac, replace=False)) if n_vac else idx[:0]
+    keep[gone] = False
+    record = {
+        "fraction": float(fraction),
+        "positions": cols.pos[gone].copy(),
+        "types": cols.types[gone].copy(),
+    }
+    return keep, record
+
+
+def _render_scene(shape, cols: _SceneColumns, keep, lat: Lattice, blur: float, background):
+    """HAADF-like image: Gaussian columns (probe blur widens them exactly) on a constant
+    background (a fraction of the strongest peak)."""
+    h, w = shape
+    radius = cols.radius
+    pos = cols.pos
+    sigma = math.hypot(lat.sigma, blur)
+    near = keep & (
+        (pos[:, 0] > -radius)
+        & (pos[:, 0] < h + radius)
+        & (pos[:, 1] > -radius)
+        & (pos[:, 1] < w + radius)
+    )
+    clean = _render_image((h, w), pos[near], cols.inten[near], sigma)
+    clean += np.float32(background * max(site[2] for site in lat.basis))
+    return clean
+
+
+def _apply_scene_noise(clean, noise: NoiseModel, gen) -> tuple[np.ndarray, np.ndarray]:
+    """Noise of a rendered scene: blur and drift were applied to the columns, the rest here."""
+    model = dataclasses.replace(noise, blur=0.0, drift=0.0)
+    return model.apply(clean, gen)
+
+
 def simulate_scene(
     shape,
     *,
@@ -1435,6 +1633,10 @@ def simulate_scene(
     rng: Any = None,
 ) -> Scene:
     """Simulate an atomic-resolution image with ground truth.
+
+    The steps: a perfect lattice about the image centre; a Ruddlesden–Popper fault; a smooth
+    strain field; scan drift (the truth follows it); vacancies; rendering of Gaussian columns on
+    a constant background; noise.
 
     Parameters
     ----------
@@ -1468,18 +1670,11 @@ def simulate_scene(
     >>> scene.clean.shape, scene.columns.shape[1], scene.metadata["defect"]
     ((64, 64), 2, ['rp'])
     """
-    try:
-        h, w = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise ValueError(f"shape must be (height, width), got {shape!r}") from None
-    if h < MIN_WINDOW or w < MIN_WINDOW:
-        raise ValueError(f"shape must be at least {MIN_WINDOW}×{MIN_WINDOW} px, got {shape!r}")
+    h, w = _scene_shape(shape)
     pixel_size = _check_positive("pixel_size", pixel_size)
     cell = _check_positive("cell", cell)
     sigma_angstrom = _check_positive("sigma_angstrom", sigma_angstrom)
-    if dose is not None:
-        if not (float(dose) >= 0 and math.isfinite(dose)):
-            raise ValueError(f"dose must be >= 0 counts/px (or None), got {dose!r}")
+    noise = _scene_noise(noise, dose)
     background = _check_positive("background", background, allow_zero=True)
     if not 0.0 <= vacancy_fraction < 1.0:
         raise ValueError(f"vacancy_fraction must be in [0, 1), got {vacancy_fraction!r}")
@@ -1491,19 +1686,9 @@ def simulate_scene(
         strain = DEFAULT_STRAIN if "strain" in defects else 0.0
     if not 0.0 <= float(strain) <= 0.2:
         raise ValueError(f"strain must be in [0, 0.2], got {strain!r}")
-    if noise is None:
-        noise = NoiseModel(dose=dose)
-    elif not isinstance(noise, NoiseModel):
-        raise ValueError(f"noise must be a NoiseModel or None, got {type(noise).__name__}")
-    elif noise.dose is None and noise.snr is None and dose is not None:
-        noise = dataclasses.replace(noise, dose=dose)
     gen = as_generator(rng)
     lat, lattice_name = _scene_lattice(lattice, pixel_size, cell, sigma_angstrom)
-    if lat.a < MIN_PERIOD or lat.b < MIN_PERIOD:
-        raise ValueError(
-            f"period must be >= {MIN_PERIOD} px, got a = {lat.a:.3g}, b = {lat.b:.3g} px "
-            f"(pixel_size {pixel_size} Å/px)"
-        )
+    _check_scene_period(lat, pixel_size)
     if "rp" in defects and abs(lat.gamma - 90.0) > 1e-9:
         raise ValueError(f"defect 'rp' needs a rectangular lattice (gamma 90), got {lat.gamma}")
     metadata: dict[str, Any] = {
@@ -1516,116 +1701,29 @@ def simulate_scene(
         "noise": noise.to_dict(),
     }
 
-    # --- perfect lattice in lattice coordinates (fractional u along a1, v along a2)
-    vec = lat.vectors(angle)
-    centre = np.array([(h - 1) / 2.0, (w - 1) / 2.0])
-    t = gen.random(2)
-    origin = centre - t @ vec  # a Sr column near the centre
-    radius = 0.5 * math.hypot(h, w) + GAUSS_CUTOFF * lat.sigma + 2 * max(lat.a, lat.b)
-    bnorm = np.linalg.norm(np.linalg.inv(vec), axis=0)
-    m = np.ceil(radius * bnorm).astype(int) + 2
-    ii, jj = np.meshgrid(np.arange(-m[0], m[0] + 1), np.arange(-m[1], m[1] + 1), indexing="ij")
-    basis = np.array(lat.basis)
-    types_site = lat.column_types()
-    fu = (ii.ravel()[:, None] + basis[None, :, 0]).ravel()
-    fv = (jj.ravel()[:, None] + basis[None, :, 1]).ravel()
-    inten = np.tile(basis[:, 2], ii.size)
-    types = np.tile(types_site, ii.size)
-    e1, e2 = vec[0] / lat.a, vec[1] / lat.b  # unit vectors of a1, a2 (y, x)
-
-    # --- Ruddlesden–Popper fault
+    cols = _scene_columns(lat, angle, (h, w), gen)
     if "rp" in defects:
-        i0 = 0  # the Sr plane through the origin (nearest the centre)
-        left = fu <= i0 + 1e-9
-        right = fu >= i0 - 1e-9
-        fu = np.concatenate([fu[left], fu[right] + 0.5])
-        fv = np.concatenate([fv[left], fv[right] + 0.5])
-        inten = np.concatenate([inten[left], inten[right]])
-        types = np.concatenate([types[left], types[right]])
-        fault_u = i0 + 0.25  # mid-plane of the rock-salt gap, fractional
-        decay = rp_decay_cells * lat.a
-        d = (fu - fault_u) * lat.a  # signed distance from the fault plane, px
-        du = rp_displacement(d, rp_elongation, decay)
-        pos = origin + np.outer(fu, vec[0]) + np.outer(fv, vec[1]) + np.outer(du, e1)
-        fault_point = origin + fault_u * vec[0]
-        metadata["rp"] = {
-            "fault_point": fault_point.tolist(),
-            "fault_normal": e1.tolist(),
-            "fault_direction": e2.tolist(),
-            "fault_x": float(fault_point[1]) if abs(e1[0]) < 1e-12 else None,
-            "shift_along_px": 0.5 * lat.b,
-            "shift_perpendicular_px": 0.5 * lat.a,
-            "shift_sign": [1, 1],
-            "elongation": {
-                "amplitude": float(rp_elongation),
-                "decay_length_px": float(decay),
-                "profile": "amplitude * exp(-|d| / decay_length_px)",
-                "displacement": "sign(d) * amplitude * decay_length_px * (1 - exp(-|d| / L))",
-            },
-            "description": (
-                "columns beyond the fault (d > 0 along fault_normal) are shifted by "
-                "(shift_perpendicular_px along fault_normal, shift_along_px along "
-                "fault_direction) relative to the perfect continuation minus the duplicated "
-                "SrO plane; d is the signed distance of a column from the fault plane"
-            ),
-        }
+        metadata["rp"] = _apply_rp_fault(cols, lat, rp_elongation, rp_decay_cells)
     else:
-        pos = origin + np.outer(fu, vec[0]) + np.outer(fv, vec[1])
-    reference = pos.copy()
-
-    # --- smooth strain field
+        _place_columns(cols)
     if strain > 0:
-        params = {
-            "amplitude": float(strain),
-            "wavelength_px": [float(h), float(w)],
-            "phase": gen.uniform(0, 2 * np.pi, size=2).tolist(),
-            "displacement": "dy = A*Ly/2pi*sin(2pi*y/Ly + py); dx = A*Lx/2pi*sin(2pi*x/Lx + px)",
-            "strain": "e_yy = A*cos(2pi*y/Ly + py); e_xx = A*cos(2pi*x/Lx + px); e_xy = 0",
-        }
-        dy, dx = strain_displacement(pos[:, 0], pos[:, 1], params)
-        pos = pos + np.stack([dy, dx], -1)
-        metadata["strain"] = params
-
-    # --- scan drift (shear) acts on the geometry: the truth follows it
+        metadata["strain"] = _apply_strain(cols, strain, (h, w), gen)
     if noise.drift:
-        pos[:, 1] += noise.drift * (pos[:, 0] - centre[0])
-        reference[:, 1] += noise.drift * (reference[:, 0] - centre[0])
-
-    # --- vacancies among the columns inside the image
-    inside = (
-        (pos[:, 0] >= -0.5) & (pos[:, 0] <= h - 0.5) & (pos[:, 1] >= -0.5) & (pos[:, 1] <= w - 0.5)
-    )
-    keep = np.ones(len(pos), bool)
+        _apply_scan_drift(cols, noise.drift)
+    inside = _inside_image(cols.pos, (h, w))
+    keep = np.ones(len(cols.pos), bool)
     if "vacancies" in defects:
-        idx = np.flatnonzero(inside)
-        n_vac = round(vacancy_fraction * len(idx))
-        gone = np.sort(gen.choice(idx, size=n_vac, replace=False)) if n_vac else idx[:0]
-        keep[gone] = False
-        metadata["vacancies"] = {
-            "fraction": float(vacancy_fraction),
-            "positions": pos[gone].copy(),
-            "types": types[gone].copy(),
-        }
+        keep, metadata["vacancies"] = _apply_vacancies(cols, inside, vacancy_fraction, gen)
+    clean = _render_scene((h, w), cols, keep, lat, noise.blur, background)
+    noisy, clean = _apply_scene_noise(clean, noise, gen)
 
-    # --- render: probe blur widens the Gaussians exactly
-    sigma = math.hypot(lat.sigma, noise.blur)
-    near = keep & (
-        (pos[:, 0] > -radius)
-        & (pos[:, 0] < h + radius)
-        & (pos[:, 1] > -radius)
-        & (pos[:, 1] < w + radius)
-    )
-    clean = _render_image((h, w), pos[near], inten[near], sigma)
-    clean += np.float32(background * max(site[2] for site in lat.basis))
-    model = dataclasses.replace(noise, blur=0.0, drift=0.0)
-    noisy, clean = model.apply(clean, gen)
     sel = inside & keep
-    metadata["reference_columns"] = reference[sel]
+    metadata["reference_columns"] = cols.reference[sel]
     return Scene(
         clean=clean.astype(np.float32),
         noisy=noisy.astype(np.float32),
-        columns=pos[sel].astype(np.float64),
-        column_types=types[sel].astype(int),
+        columns=cols.pos[sel].astype(np.float64),
+        column_types=cols.types[sel].astype(int),
         pixel_size=float(pixel_size),
         lattice=lat,
         metadata=metadata,
