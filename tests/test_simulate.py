@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -491,3 +492,137 @@ def test_as_generator():
     assert isinstance(as_generator(None), np.random.Generator)
     with pytest.raises(TypeError):
         as_generator("seed")
+
+
+# ------------------------------------------------------------------------------------------------
+# correlated noise
+# ------------------------------------------------------------------------------------------------
+
+
+def lag1_correlation(noise, axis):
+    """Autocorrelation of ``noise`` at a lag of one pixel along ``axis``."""
+    r = noise.astype(np.float64) - noise.mean()
+    n = r.shape[axis]
+    a, b = np.take(r, range(1, n), axis=axis), np.take(r, range(n - 1), axis=axis)
+    return float((a * b).mean() / r.var())
+
+
+@pytest.fixture(scope="module")
+def lattice_image():
+    """A noise-free SrTiO3 scene, 192² px, in arbitrary units (scaled to the dose by the model)."""
+    return simulate_scene((192, 192), dose=None, rng=0).clean
+
+
+def test_white_poisson_noise_is_uncorrelated(lattice_image):
+    noisy, clean = NoiseModel(dose=16.0).apply(lattice_image, rng=1)
+    for axis in (0, 1):
+        assert abs(lag1_correlation(noisy - clean, axis)) < 0.03
+
+
+def test_afterglow_correlates_the_noise_along_the_fast_scan_only(lattice_image):
+    noisy, clean = NoiseModel(dose=16.0, afterglow=2.0).apply(lattice_image, rng=1)
+    along_x = lag1_correlation(noisy - clean, axis=1)
+    assert along_x > 0.3
+    assert along_x == pytest.approx(math.exp(-1 / 2.0), abs=0.05)  # AR(1): q = exp(-1/L)
+    assert abs(lag1_correlation(noisy - clean, axis=0)) < 0.05
+    assert noisy.mean() == pytest.approx(16.0, rel=0.01)  # the filter keeps the mean
+    assert clean.mean() == pytest.approx(16.0, rel=0.01)  # up to what leaks past the right edge
+
+
+def test_frame_average_correlates_neighbours_in_both_axes(lattice_image):
+    white, white_clean = NoiseModel(dose=16.0).apply(lattice_image, rng=1)
+    noisy, clean = NoiseModel(dose=16.0, frames=8, frame_shift=0.7).apply(lattice_image, rng=1)
+    for axis in (0, 1):
+        assert lag1_correlation(noisy - clean, axis) > 0.1
+    # the interpolation lowers the high-frequency power: less variance at the same dose
+    assert (noisy - clean).var() < 0.8 * (white - white_clean).var()
+    assert noisy.mean() == pytest.approx(16.0, rel=0.01)
+    assert np.abs(clean - white_clean).max() < 0.2 * white_clean.max()  # a mild smoothing only
+
+
+def test_frames_without_shift_are_still_poisson(lattice_image):
+    noisy, clean = NoiseModel(dose=16.0, frames=4).apply(lattice_image, rng=2)
+    np.testing.assert_allclose(clean, NoiseModel(dose=16.0).apply(lattice_image, rng=2)[1], 1e-5)
+    assert np.all(noisy == np.round(noisy))  # a sum of integer frames
+    assert (noisy - clean).var() == pytest.approx(16.0, rel=0.05)
+    assert abs(lag1_correlation(noisy - clean, 1)) < 0.03
+
+
+@pytest.mark.parametrize("model", [NoiseModel(row_offset_rel=0.03), NoiseModel(row_gain=0.05)])
+def test_streaks_raise_the_variance_of_row_means(lattice_image, model):
+    model = dataclasses.replace(model, dose=16.0)
+    white, white_clean = NoiseModel(dose=16.0).apply(lattice_image, rng=3)
+    noisy, clean = model.apply(lattice_image, rng=3)
+    np.testing.assert_array_equal(clean, white_clean)  # streaks are noise, not signal
+    rows_white = (white - white_clean).mean(axis=1).var()
+    rows = (noisy - clean).mean(axis=1).var()
+    assert rows > 3 * rows_white
+    if model.row_offset_rel:
+        expected = (0.03 * 16.0) ** 2 + rows_white  # offsets in units of the mean signal
+        assert rows == pytest.approx(expected, rel=0.3)
+
+
+def test_row_offset_rel_is_relative_to_the_mean_signal(lattice_image):
+    for dose in (4.0, 400.0):
+        noisy, clean = NoiseModel(dose=dose, row_offset_rel=0.05).apply(lattice_image[None], rng=4)
+        offsets = (noisy - clean).mean(axis=2)[0]
+        assert offsets.std() / dose == pytest.approx(0.05, rel=0.25)
+
+
+@pytest.mark.parametrize(
+    "model",
+    [
+        NoiseModel(dose=8.0, frames=4, frame_shift=0.5, frame_order=3),
+        NoiseModel(dose=8.0, afterglow=1.5, row_gain=0.02, row_offset_rel=0.01),
+        NoiseModel(dose=8.0, frames=3, frame_shift=0.4, afterglow=1.0, row_jitter=0.2),
+    ],
+)
+def test_correlated_noise_is_deterministic_by_seed(lattice_image, model):
+    a = model.apply(lattice_image, rng=5)
+    b = model.apply(lattice_image, rng=5)
+    c = model.apply(lattice_image, rng=6)
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+    assert a[0].tobytes() != c[0].tobytes()
+    again = NoiseModel.from_dict(json.loads(json.dumps(model.to_dict())))
+    assert again == model
+
+
+def test_correlated_noise_in_scenes_and_stacks():
+    model = NoiseModel(frames=4, frame_shift=0.5, afterglow=1.0, row_offset_rel=0.01)
+    scene = simulate_scene((96, 96), dose=10.0, noise=model, rng=7)
+    assert scene.metadata["noise"]["frames"] == 4 and scene.metadata["noise"]["dose"] == 10.0
+    assert scene.noisy.mean() == pytest.approx(10.0, rel=0.05)
+    stack = np.stack([scene.clean, 2 * scene.clean])
+    noisy, clean = dataclasses.replace(model, dose=10.0).apply(stack, rng=0)
+    assert noisy.shape == clean.shape == (2, 96, 96)
+
+
+def test_old_noise_dicts_load_with_the_new_terms_off():
+    old = {"snr": None, "dose": 3.0, "read_noise": 0.0, "row_offset": 0.0, "row_jitter": 0.0,
+           "drift": 0.0, "blur": 0.0, "snr_noise": "uniform"}  # fmt: skip
+    model = NoiseModel.from_dict(old)
+    assert model == NoiseModel(dose=3.0)
+    assert not model.is_correlated
+    assert NoiseModel(dose=3.0, afterglow=1.0).is_correlated
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"frames": 0}, r"frames must be an int >= 1.*0"),
+        ({"frames": 2.5}, r"frames must be an int >= 1.*2\.5"),
+        ({"frame_order": 2}, r"frame_order must be 1 .* or 3 .*2"),
+        ({"frame_shift": -0.1}, r"frame_shift must be finite and >= 0.*-0\.1"),
+        ({"afterglow": -1.0}, r"afterglow must be finite and >= 0.*-1\.0"),
+        ({"row_offset_rel": float("nan")}, r"row_offset_rel must be finite"),
+        ({"row_gain_length": 0.0}, r"row_gain_length must be finite and > 0"),
+    ],
+)
+def test_bad_correlated_noise_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NoiseModel(**kwargs)
+
+
+def test_frames_need_a_dose():
+    with pytest.raises(ValueError, match=r"frames > 1 or frame_shift > 0 need .* give a dose"):
+        NoiseModel(frames=4).apply(np.ones((16, 16)), rng=0)
