@@ -625,6 +625,38 @@ def _render_image(shape, columns, intensities, sigma, tile=128):
     return out
 
 
+def _render_rims(shape, columns, intensities, sigma, tile=128):
+    """Render bright rims: ``Σ I · e · (ρ² / 2s²) · exp(−ρ² / 2s²)`` (peak ``I`` at ρ = s√2).
+
+    ``ρ² g(ρ) = y² g(y) g(x) + g(y) x² g(x)`` is a sum of two separable terms, so the rims are
+    rendered tile by tile like :func:`_render_image` (same arguments, ``sigma`` the scalar ``s``).
+    """
+    h, w = shape
+    out = np.zeros((h, w), np.float32)
+    if len(columns) == 0:
+        return out
+    s = float(sigma)
+    reach = 6.0 * s + 1
+    for y0 in range(0, h, tile):
+        y1 = min(y0 + tile, h)
+        for x0 in range(0, w, tile):
+            x1 = min(x0 + tile, w)
+            sel = (
+                (columns[:, 0] >= y0 - reach)
+                & (columns[:, 0] <= y1 - 1 + reach)
+                & (columns[:, 1] >= x0 - reach)
+                & (columns[:, 1] <= x1 - 1 + reach)
+            )
+            if not sel.any():
+                continue
+            ty = (np.arange(y0, y1)[None, :] - columns[sel, 0, None]) ** 2 / (2 * s * s)
+            tx = (np.arange(x0, x1)[None, :] - columns[sel, 1, None]) ** 2 / (2 * s * s)
+            gy, gx = np.exp(-ty), np.exp(-tx)
+            weight = (math.e * intensities[sel])[:, None]
+            out[y0:y1, x0:x1] = (ty * gy * weight).T @ gx + (gy * weight).T @ (tx * gx)
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # noise
 # --------------------------------------------------------------------------------------------
@@ -1502,6 +1534,14 @@ RP_ELONGATION = 0.08
 """Peak elongation of the cells next to a Ruddlesden–Popper fault (perpendicular to the plane)."""
 RP_DECAY_CELLS = 1.0
 """Decay length of the RP elongation, in unit cells."""
+CONTRASTS = ("bright", "dark")
+"""Contrasts of :func:`simulate_scene`: HAADF-like bright columns, or ABF-like dark ones."""
+DARK_DEPTH = 0.5
+"""Dip of the strongest column below the bright background in a dark-contrast scene (fraction)."""
+DARK_RIM = 0.1
+"""Peak of the bright rim around the strongest column in a dark-contrast scene (fraction)."""
+DARK_RIM_SCALE = 1.5
+"""Rim width in units of the column sigma: the rim peaks at ``1.5·√2·σ ≈ 2.1σ`` from the centre."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -1639,6 +1679,20 @@ def _scene_noise(noise, dose) -> NoiseModel:
     return noise
 
 
+def _check_contrast(contrast, depth, rim) -> tuple[float, float] | None:
+    """None for bright contrast, ``(depth, rim)`` for dark; ValueError naming the fix."""
+    if contrast not in CONTRASTS:
+        raise ValueError(f"contrast must be 'bright' (HAADF) or 'dark' (ABF/BF), got {contrast!r}")
+    if contrast == "bright":
+        return None
+    if not (0.0 < float(depth) <= 1.0):
+        raise ValueError(
+            f"dark_depth must be in (0, 1] (fraction of the background), got {depth!r}"
+        )
+    rim = _check_positive("dark_rim", rim, allow_zero=True)
+    return float(depth), rim
+
+
 def _check_scene_period(lat: Lattice, pixel_size: float) -> None:
     if lat.a < MIN_PERIOD or lat.b < MIN_PERIOD:
         raise ValueError(
@@ -1773,9 +1827,16 @@ def _apply_vacancies(cols: _SceneColumns, inside, fraction: float, gen) -> tuple
     return keep, record
 
 
-def _render_scene(shape, cols: _SceneColumns, keep, lat: Lattice, blur: float, background):
-    """HAADF-like image: Gaussian columns (probe blur widens them exactly) on a constant
-    background (a fraction of the strongest peak)."""
+def _render_scene(
+    shape, cols: _SceneColumns, keep, lat: Lattice, blur: float, background, dark=None
+):
+    """The noise-free image; probe blur widens the Gaussian columns exactly.
+
+    Bright contrast (HAADF, ``dark`` None): the columns on a constant ``background`` (a fraction
+    of the strongest peak). Dark contrast (ABF-like, ``dark = (depth, rim)``): a background of 1
+    with each column a dip of ``depth × I`` and a bright rim of peak ``rim × I`` at
+    ``DARK_RIM_SCALE × σ√2`` from its centre, clipped at 0.
+    """
     h, w = shape
     radius = cols.radius
     pos = cols.pos
@@ -1787,8 +1848,16 @@ def _render_scene(shape, cols: _SceneColumns, keep, lat: Lattice, blur: float, b
         & (pos[:, 1] < w + radius)
     )
     clean = _render_image((h, w), pos[near], cols.inten[near], sigma)
-    clean += np.float32(background * max(site[2] for site in lat.basis))
-    return clean
+    if dark is None:
+        clean += np.float32(background * max(site[2] for site in lat.basis))
+        return clean
+    depth, rim = dark
+    peak = max(site[2] for site in lat.basis)
+    rims = _render_rims((h, w), pos[near], cols.inten[near], DARK_RIM_SCALE * sigma)
+    clean *= np.float32(-depth / peak)
+    clean += np.float32(rim / peak) * rims
+    clean += np.float32(1.0)
+    return np.maximum(clean, np.float32(0.0))
 
 
 def _apply_scene_noise(clean, noise: NoiseModel, gen) -> tuple[np.ndarray, np.ndarray]:
@@ -1813,13 +1882,16 @@ def simulate_scene(
     vacancy_fraction: float = 0.05,
     rp_elongation: float = RP_ELONGATION,
     rp_decay_cells: float = RP_DECAY_CELLS,
+    contrast: str = "bright",
+    dark_depth: float = DARK_DEPTH,
+    dark_rim: float = DARK_RIM,
     rng: Any = None,
 ) -> Scene:
     """Simulate an atomic-resolution image with ground truth.
 
     The steps: a perfect lattice about the image centre; a Ruddlesden–Popper fault; a smooth
-    strain field; scan drift (the truth follows it); vacancies; rendering of Gaussian columns on
-    a constant background; noise.
+    strain field; scan drift (the truth follows it); vacancies; rendering of Gaussian columns
+    (bright on a constant background, or dark on a bright one); noise.
 
     Parameters
     ----------
@@ -1846,12 +1918,28 @@ def simulate_scene(
         (the truth follows the drift).
     strain : amplitude of the smooth strain field (also without the ``"strain"`` defect), 0–0.2.
     angle : rotation of the lattice, degrees counter-clockwise.
-    background : constant background as a fraction of the strongest column's peak.
+    background : constant background as a fraction of the strongest column's peak (bright
+        contrast only).
+    contrast : ``"bright"`` (default: HAADF, bright columns on a dark background) or ``"dark"``
+        (ABF/BF-like: dark columns on a bright background with a weak bright rim). Dark: the
+        clean image is ``1 − dark_depth · Σ I_k G_k + dark_rim · Σ I_k R_k`` before the dose
+        scaling, with ``G_k`` the Gaussian column (sigma σ, peak 1), ``R_k`` a ring
+        ``e·(ρ²/2s²)·exp(−ρ²/2s²)`` of peak 1 at ``ρ = s√2``, ``s = DARK_RIM_SCALE·σ`` (≈ 2.1σ
+        from the centre, outside the dip), ``I_k`` the column's intensity relative to the
+        strongest; clipped at 0. ``dose`` is still the mean counts per pixel, so most counts
+        fall on the background. ``columns`` are the dips' centres, as in bright contrast.
+    dark_depth : dip of the strongest column, fraction of the background, in (0, 1].
+    dark_rim : peak of the strongest column's rim, fraction of the background, >= 0.
     rng : seed or Generator (lattice origin, vacancies, strain phases, noise).
 
+    Examples
+    --------
     >>> scene = simulate_scene((64, 64), defect="rp", rng=0)
     >>> scene.clean.shape, scene.columns.shape[1], scene.metadata["defect"]
     ((64, 64), 2, ['rp'])
+    >>> abf = simulate_scene((64, 64), contrast="dark", dose=None, rng=0)
+    >>> bool(abf.clean.min() < 0.6 < 1.0 < float(np.median(abf.clean)))
+    True
     """
     h, w = _scene_shape(shape)
     pixel_size = _check_positive("pixel_size", pixel_size)
@@ -1864,6 +1952,7 @@ def simulate_scene(
     if not (-0.5 < rp_elongation < 0.5):
         raise ValueError(f"rp_elongation must be in (-0.5, 0.5), got {rp_elongation!r}")
     rp_decay_cells = _check_positive("rp_decay_cells", rp_decay_cells)
+    dark = _check_contrast(contrast, dark_depth, dark_rim)
     defects = _parse_defects(defect)
     if strain is None:
         strain = DEFAULT_STRAIN if "strain" in defects else 0.0
@@ -1882,7 +1971,10 @@ def simulate_scene(
         "sigma_px": lat.sigma,
         "background": background,
         "noise": noise.to_dict(),
+        "contrast": contrast,
     }
+    if dark is not None:
+        metadata["dark"] = {"depth": dark[0], "rim": dark[1], "rim_scale": DARK_RIM_SCALE}
 
     cols = _scene_columns(lat, angle, (h, w), gen)
     if "rp" in defects:
@@ -1897,7 +1989,7 @@ def simulate_scene(
     keep = np.ones(len(cols.pos), bool)
     if "vacancies" in defects:
         keep, metadata["vacancies"] = _apply_vacancies(cols, inside, vacancy_fraction, gen)
-    clean = _render_scene((h, w), cols, keep, lat, noise.blur, background)
+    clean = _render_scene((h, w), cols, keep, lat, noise.blur, background, dark)
     noisy, clean = _apply_scene_noise(clean, noise, gen)
 
     sel = inside & keep

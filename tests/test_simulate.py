@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import types
 
 import numpy as np
 import pytest
@@ -626,3 +627,49 @@ def test_bad_correlated_noise_raises(kwargs, match):
 def test_frames_need_a_dose():
     with pytest.raises(ValueError, match=r"frames > 1 or frame_shift > 0 need .* give a dose"):
         NoiseModel(frames=4).apply(np.ones((16, 16)), rng=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# dark contrast (ABF-like)
+# ------------------------------------------------------------------------------------------------
+
+
+def test_dark_contrast_columns_are_dips_with_a_bright_rim():
+    bright = simulate_scene((160, 160), dose=None, rng=8)
+    dark = simulate_scene((160, 160), dose=None, contrast="dark", rng=8)
+    np.testing.assert_array_equal(dark.columns, bright.columns)  # the same truth
+    assert dark.metadata["contrast"] == "dark" and bright.metadata["contrast"] == "bright"
+    sigma = dark.metadata["sigma_px"]
+    yy, xx = np.mgrid[:160, :160]
+    strong = dark.columns[dark.column_types == 0]
+    inner = strong[((strong > 12) & (strong < 148)).all(1)]
+    assert len(inner) > 10
+    for y, x in inner:
+        rho = np.hypot(yy - y, xx - x)
+        assert dark.clean[rho < 0.8].mean() < 0.6  # a dip of about dark_depth = 0.5
+        assert dark.clean[np.abs(rho - sim.DARK_RIM_SCALE * sigma * math.sqrt(2)) < 0.5].mean() > 1
+    # the dips sit on the true columns, as the peaks do in bright contrast
+    inverted = types.SimpleNamespace(clean=1.5 - dark.clean, columns=dark.columns)
+    off = peak_offsets(inverted, margin=4)
+    assert len(off) > 20 and np.abs(off).max() < 0.05
+
+
+def test_dark_contrast_dose_is_mean_counts_per_pixel():
+    scene = simulate_scene((128, 128), dose=16.0, contrast="dark", defect="vacancies", rng=9)
+    assert scene.clean.mean() == pytest.approx(16.0, rel=1e-5)
+    assert scene.noisy.mean() == pytest.approx(16.0, rel=0.01)
+    assert np.all(scene.noisy == np.round(scene.noisy))
+    assert np.median(scene.clean) > scene.clean.mean() * 0.95  # mostly bright background
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"contrast": "abf"}, r"contrast must be 'bright' .* or 'dark' .*'abf'"),
+        ({"contrast": "dark", "dark_depth": 0.0}, r"dark_depth must be in \(0, 1\].*0\.0"),
+        ({"contrast": "dark", "dark_rim": -0.1}, r"dark_rim must be finite and >= 0.*-0\.1"),
+    ],
+)
+def test_bad_contrast_raises(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        simulate_scene((64, 64), rng=0, **kwargs)
