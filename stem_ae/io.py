@@ -9,21 +9,26 @@
   :mod:`ncempy.io.emd`);
 * ``.tif`` / ``.tiff`` — :mod:`tifffile`: ImageJ calibration, OME-XML physical sizes, FEI/TFS
   metadata, or the TIFF resolution tags with a centimetre/inch unit;
+* ``.hspy`` — HyperSpy's HDF5 format (read with :mod:`h5py`; HyperSpy itself is not needed);
 * ``.npy`` (NumPy) and ``.png`` (no calibration).
 
 A 2-D image comes back as ``(H, W)``; a frame series or multi-page TIFF as a stack
 ``(frames, H, W)``. Colour (RGB) images and 4-D data raise :class:`ValueError` with what to do.
 
-:func:`write_image` writes a float32 ImageJ TIFF (calibrated in nm, as Fiji/ImageJ and tifffile
-read it; HyperSpy reads the scale in nm but leaves the unit undefined), a ``.npy``, or an 8-bit
-percentile-stretched ``.png`` preview. Every write goes to a
-temporary file in the target folder and is renamed into place, so a failure never leaves a partial
-file, and an existing file is replaced only with ``overwrite=True``.
+:func:`write_image` writes a float32 ImageJ TIFF (calibrated per axis in nm, as Fiji/ImageJ and
+tifffile read it; HyperSpy reads the scale in nm but leaves the unit undefined), a ``.hspy`` (needs
+HyperSpy), a ``.npy``, or an 8-bit percentile-stretched ``.png`` preview. A record of processing
+(:func:`processing_record`) and the input's own tags go into the TIFF's ImageJ ``Info`` property
+as JSON and into the ``.hspy`` metadata. Every write goes to a temporary file in the target folder
+and is renamed into place, so a failure never leaves a partial file, and an existing file is
+replaced only with ``overwrite=True``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
+import hashlib
 import io as _stdio
 import json
 import math
@@ -33,8 +38,9 @@ import secrets
 import warnings
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -42,15 +48,16 @@ __all__ = [
     "READ_EXTENSIONS",
     "WRITE_EXTENSIONS",
     "ImageMetadata",
+    "processing_record",
     "read_image",
     "to_angstrom",
     "write_image",
 ]
 
-READ_EXTENSIONS = (".dm3", ".dm4", ".ser", ".emd", ".tif", ".tiff", ".npy", ".png")
+READ_EXTENSIONS = (".dm3", ".dm4", ".ser", ".emd", ".tif", ".tiff", ".hspy", ".npy", ".png")
 """File name extensions :func:`read_image` understands (case-insensitive)."""
 
-WRITE_EXTENSIONS = (".tif", ".tiff", ".npy", ".png")
+WRITE_EXTENSIONS = (".tif", ".tiff", ".hspy", ".npy", ".png")
 """File name extensions :func:`write_image` writes (case-insensitive)."""
 
 # A "calibration" coarser than this (1 µm/px) on an image is a print resolution (72 dpi …), not a
@@ -106,9 +113,17 @@ class ImageMetadata:
         ``(y, x)`` pixel sizes, Å/px (they differ on a non-square scan).
     file_format : str
         Short name of the reader: ``"dm3"``, ``"dm4"``, ``"ser"``, ``"velox-emd"``,
-        ``"berkeley-emd"``, ``"tiff"``, ``"npy"`` or ``"png"``.
+        ``"berkeley-emd"``, ``"tiff"``, ``"hspy"``, ``"npy"`` or ``"png"``.
     dataset : str or None
         Which image of a file holding several (e.g. the Velox detector) was read.
+    frame_interval : float or None
+        Time between the frames of a series, s (Velox ``FrameTime``, ImageJ ``finterval``,
+        HyperSpy time axis); ``None`` when the file does not say.
+    original_metadata : dict
+        The file's own tags, JSON-ready (DigitalMicrograph tags, Velox metadata, or what a file
+        written by :func:`write_image` carried over); empty when there are none.
+    processing : dict or None
+        The :func:`processing_record` of a file written by stem_ae, else ``None``.
     """
 
     path: Path
@@ -119,6 +134,9 @@ class ImageMetadata:
     pixel_size_yx: tuple[float, float] | None = None
     file_format: str = ""
     dataset: str | None = None
+    frame_interval: float | None = None
+    original_metadata: dict = field(default_factory=dict)
+    processing: dict | None = None
 
     @property
     def n_frames(self) -> int:
@@ -174,16 +192,17 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMetadata]:
     Parameters
     ----------
     path : str or path-like
-        A ``.dm3``, ``.dm4``, ``.ser``, ``.emd``, ``.tif``/``.tiff``, ``.npy`` or ``.png`` file
-        (see :data:`READ_EXTENSIONS`; the extension picks the reader).
+        A ``.dm3``, ``.dm4``, ``.ser``, ``.emd``, ``.tif``/``.tiff``, ``.hspy``, ``.npy`` or
+        ``.png`` file (see :data:`READ_EXTENSIONS`; the extension picks the reader).
 
     Returns
     -------
     image : ndarray, shape (H, W) or (frames, H, W)
         The stored pixels in their stored (real) dtype, native byte order.
     metadata : ImageMetadata
-        Shape, stored dtype, pixel size in Å/px (converted from the file's m, µm, nm, pm or Å)
-        and its source.
+        Shape, stored dtype, pixel size per axis in Å/px (converted from the file's m, µm, nm,
+        pm or Å) and its source, frame interval, the file's own tags and, for a file that
+        stem_ae wrote, its record of processing.
 
     Raises
     ------
@@ -199,10 +218,12 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMetadata]:
     --------
     >>> import tempfile
     >>> folder = tempfile.mkdtemp()
-    >>> written = write_image(folder + "/scene.tif", np.ones((32, 40)), pixel_size=0.2)
+    >>> written = write_image(folder + "/scene.tif", np.ones((32, 40)), pixel_size=(0.3, 0.2))
     >>> image, meta = read_image(written)
-    >>> image.shape, image.dtype.name, round(meta.pixel_size, 6), meta.pixel_size_source
-    ((32, 40), 'float32', 0.2, 'ImageJ TIFF calibration (resolution tag in nm)')
+    >>> image.shape, image.dtype.name, meta.pixel_size_source
+    ((32, 40), 'float32', 'ImageJ TIFF calibration (resolution tag in nm)')
+    >>> [round(p, 6) for p in meta.pixel_size_yx]
+    [0.3, 0.2]
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -222,7 +243,7 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMetadata]:
         with warnings.catch_warnings():
             # The readers warn (and then fill zeros) on damaged files: treat that as damage.
             warnings.simplefilter("error")
-            data, calibration, file_format, dataset = reader(path)
+            data, calibration, file_format, dataset, *extras = reader(path)
     except (_FileError, PermissionError, MemoryError):
         raise
     except Exception as error:  # third-party parsers raise anything on a damaged file
@@ -231,6 +252,10 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMetadata]:
             f"is damaged or not a {suffix} file; export it again from the microscope software."
         ) from error
     data = _as_grey_stack(np.asarray(data), path)
+    extras = extras[0] if extras else {}
+    interval = extras.get("frame_interval")
+    if interval is not None and not (math.isfinite(interval) and interval > 0):
+        interval = None
     pixel_size_yx, source = calibration if calibration is not None else (None, None)
     if pixel_size_yx is not None:
         pixel_size_yx = (float(pixel_size_yx[0]), float(pixel_size_yx[1]))
@@ -245,8 +270,38 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMetadata]:
         pixel_size_yx=pixel_size_yx,
         file_format=file_format,
         dataset=dataset,
+        frame_interval=None if interval is None else float(interval),
+        original_metadata=_jsonable(extras.get("original_metadata") or {}),
+        processing=extras.get("processing"),
     )
     return data, meta
+
+
+def _jsonable(value: Any, *, max_items: int = 4096) -> Any:
+    """A JSON-ready copy of a tag tree: NumPy scalars become numbers, small arrays lists, bytes
+    text; arrays longer than ``max_items`` and anything else unknown become a short description."""
+    if isinstance(value, dict):
+        return {
+            str(key).replace("\x00", ""): _jsonable(item, max_items=max_items)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item, max_items=max_items) for item in value]
+    if isinstance(value, np.ndarray):
+        if value.size > max_items or value.dtype.kind not in "biuf":
+            return f"<array {value.dtype} {list(value.shape)}>"
+        return _jsonable(value.tolist(), max_items=max_items)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.replace("\x00", "")  # DM strings carry NULs that HDF5 cannot store
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 Calibration = tuple[tuple[float, float], str] | None
@@ -332,7 +387,28 @@ def _read_tiff(path: Path):
             or _tiff_fei_calibration(tif)
             or _tiff_resolution_calibration(first)
         )
-    return data, calibration, "tiff", None
+        extras = _tiff_extras(tif)
+    return data, calibration, "tiff", None, extras
+
+
+def _tiff_extras(tif) -> dict:
+    """Frame interval and, in a TIFF that stem_ae wrote, the record and the input's tags."""
+    extras: dict = {}
+    meta = tif.imagej_metadata or {}
+    if "finterval" in meta:
+        with contextlib.suppress(TypeError, ValueError):
+            extras["frame_interval"] = float(meta["finterval"])
+    try:
+        info = json.loads(meta.get("Info") or "null")
+    except (TypeError, json.JSONDecodeError):
+        info = None
+    if isinstance(info, dict) and isinstance(info.get(_INFO_KEY), dict):
+        ours = info[_INFO_KEY]
+        extras["processing"] = ours.get("processing")
+        extras["original_metadata"] = ours.get("original_metadata") or {}
+    elif getattr(tif, "fei_metadata", None):
+        extras["original_metadata"] = dict(tif.fei_metadata)
+    return extras
 
 
 def _drop_grey_rgb(data: np.ndarray, axes: str, path: Path) -> np.ndarray:
@@ -438,6 +514,7 @@ def _read_dm(path: Path):
     kind = path.suffix.lower().lstrip(".")
     with contextlib.redirect_stdout(_stdio.StringIO()), ncempy.io.dm.fileDM(path) as dm_file:
         dataset = dm_file.getDataset(0)
+        tags = {key.lstrip("."): value for key, value in dict(dm_file.allTags).items()}
     data = dataset["data"]
     sizes = [float(s) for s in dataset.get("pixelSize", [])]
     units = list(dataset.get("pixelUnit", []))
@@ -448,7 +525,10 @@ def _read_dm(path: Path):
         x = to_angstrom(sizes[-1], units[-1])
         if x is not None and y is not None:
             calibration = ((y, x), f"{kind} calibration (in {units[-1]})")
-    return data, calibration, kind, None
+    extras: dict = {"original_metadata": {"DigitalMicrograph": tags}}
+    if data.ndim == 3 and len(sizes) == 3 and len(units) == 3 and units[0].strip() == "s":
+        extras["frame_interval"] = sizes[0]
+    return data, calibration, kind, None, extras
 
 
 # --- TIA SER --------------------------------------------------------------------------------
@@ -481,7 +561,7 @@ def _read_ser(path: Path):
     x = float(calibration_x["CalibrationDelta"]) * 1e10
     y = float(calibration_y["CalibrationDelta"]) * 1e10
     calibration = ((y, x), "ser calibration (in m)") if x > 0 and y > 0 else None
-    return data, calibration, "ser", None
+    return data, calibration, "ser", None, {}
 
 
 # --- EMD (Velox and Berkeley) ---------------------------------------------------------------
@@ -537,7 +617,10 @@ def _read_velox(path: Path):
         if x is not None and y is not None:
             calibration = ((y, x), "Velox EMD metadata (PixelSize)")
     dataset = detectors[index] or group.name.split("/")[-1]
-    return data, calibration, "velox-emd", dataset
+    extras: dict = {"original_metadata": {"Velox": info}}
+    with contextlib.suppress(KeyError, TypeError, ValueError):
+        extras["frame_interval"] = float(info["Scan"]["FrameTime"])
+    return data, calibration, "velox-emd", dataset, extras
 
 
 def _read_berkeley(path: Path):
@@ -556,7 +639,12 @@ def _read_berkeley(path: Path):
             steps.append(to_angstrom(abs(step), unit) if step else None)
         if all(s is not None for s in steps):
             calibration = ((steps[0], steps[1]), f"Berkeley EMD dims (in {dims[-1][2]})")
-    return np.asarray(data), calibration, "berkeley-emd", name
+    extras: dict = {}
+    if data.ndim == 3 and len(dims) == 3:
+        vector, _, unit = dims[0]
+        if str(unit).strip() == "s" and len(vector) > 1:
+            extras["frame_interval"] = float(vector[1] - vector[0])
+    return np.asarray(data), calibration, "berkeley-emd", name, extras
 
 
 # --- NumPy and PNG --------------------------------------------------------------------------
@@ -566,7 +654,7 @@ def _read_npy(path: Path):
     with open(path, "rb") as handle:
         _check_signature(path, handle.read(6), (b"\x93NUMPY",), "NumPy .npy")
     data = np.load(path, allow_pickle=False)
-    return data, None, "npy", None
+    return data, None, "npy", None, {}
 
 
 def _read_png(path: Path):
@@ -580,7 +668,65 @@ def _read_png(path: Path):
         data = data[..., 0] if data.shape[-1] == 1 else data
     if data.ndim == 3 and data.shape[-1] == 3:
         data = _drop_grey_rgb(data, "YXS", path)
-    return data, None, "png", None
+    return data, None, "png", None, {}
+
+
+# --- HyperSpy .hspy -------------------------------------------------------------------------
+
+
+def _read_hspy(path: Path):
+    import h5py
+
+    with open(path, "rb") as handle:
+        _check_signature(path, handle.read(8), (b"\x89HDF\r\n\x1a\n",), "HyperSpy .hspy (HDF5)")
+    with h5py.File(path, "r") as handle:
+        experiments = handle.get("Experiments")
+        names = list(experiments) if experiments is not None else []
+        if not names:
+            raise _FileError(f"{path} holds no HyperSpy signal — save a Signal2D to .hspy.")
+        group = experiments[names[0]]
+        data = np.asarray(group["data"][...])
+        axes = [_hspy_attrs(group[f"axis-{i}"]) for i in range(data.ndim) if f"axis-{i}" in group]
+        metadata = _hspy_tree(group["metadata"]) if "metadata" in group else {}
+        original = _hspy_tree(group["original_metadata"]) if "original_metadata" in group else {}
+    calibration, extras = None, {"original_metadata": original}
+    signal = [axis for axis in axes if not axis.get("navigate", False)]
+    if len(signal) == 2:
+        y = to_angstrom(float(signal[0].get("scale", 1.0)), str(signal[0].get("units", "")))
+        x = to_angstrom(float(signal[1].get("scale", 1.0)), str(signal[1].get("units", "")))
+        if x is not None and y is not None:
+            calibration = ((y, x), f"hspy axes (in {signal[1].get('units')})")
+    navigation = [axis for axis in axes if axis.get("navigate", False)]
+    if len(navigation) == 1 and str(navigation[0].get("units", "")).strip() == "s":
+        extras["frame_interval"] = float(navigation[0].get("scale", 0.0))
+    record = metadata.get("Processing", {}).get("stem_ae")
+    if isinstance(record, dict):
+        extras["processing"] = record
+    return data, calibration, "hspy", names[0], extras
+
+
+def _hspy_attrs(group) -> dict:
+    return {key: _h5_value(value) for key, value in group.attrs.items()}
+
+
+def _h5_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str) and value == "_None_":
+        return None
+    return _jsonable(value)
+
+
+def _hspy_tree(group) -> dict:
+    """A HyperSpy metadata group as nested dicts: plain values are attributes, a node is a
+    subgroup and a list a ``_list_<key>`` dataset."""
+    tree: dict = _hspy_attrs(group)
+    for key, item in group.items():
+        if hasattr(item, "items"):
+            tree[key] = _hspy_tree(item)
+        elif key.startswith("_list_"):
+            tree[key.removeprefix("_list_")] = _jsonable(np.asarray(item[()]))
+    return tree
 
 
 _READERS: dict[str, Callable] = {
@@ -590,6 +736,7 @@ _READERS: dict[str, Callable] = {
     ".emd": _read_emd,
     ".tif": _read_tiff,
     ".tiff": _read_tiff,
+    ".hspy": _read_hspy,
     ".npy": _read_npy,
     ".png": _read_png,
 }
@@ -599,14 +746,21 @@ _READERS: dict[str, Callable] = {
 # writing
 
 
+class CalibrationDroppedWarning(UserWarning):
+    """A calibration, record or frame interval that the chosen output format cannot store."""
+
+
 def write_image(
     path: str | os.PathLike,
     array: np.ndarray,
     *,
-    pixel_size: float | None = None,
+    pixel_size: float | tuple[float, float] | None = None,
+    frame_interval: float | None = None,
+    record: dict | None = None,
+    original_metadata: dict | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write an image atomically as a calibrated TIFF, a ``.npy`` or an 8-bit ``.png`` preview.
+    """Write an image atomically as a calibrated TIFF or ``.hspy``, a ``.npy`` or a ``.png``.
 
     Parameters
     ----------
@@ -614,15 +768,27 @@ def write_image(
         Target file; its extension picks the format (:data:`WRITE_EXTENSIONS`):
 
         * ``.tif``/``.tiff``: float32 ImageJ TIFF; with ``pixel_size`` it carries the ImageJ
-          calibration (resolution tags in px per nm, unit ``nm``) that Fiji/ImageJ and tifffile
-          read. A stack is written as ImageJ frames.
+          calibration per axis (resolution tags in px per nm, unit ``nm``) that Fiji/ImageJ and
+          tifffile read; a stack is written as ImageJ frames, with ``finterval``; ``record`` and
+          ``original_metadata`` go as JSON into the ImageJ ``Info`` property
+          (Image ▸ Show Info… in Fiji).
+        * ``.hspy``: a float32 HyperSpy ``Signal2D`` (needs HyperSpy) with axes in nm (and s),
+          ``record`` under ``metadata.Processing.stem_ae`` and ``original_metadata`` as its
+          original metadata.
         * ``.npy``: float32 NumPy array (no calibration).
         * ``.png``: 8-bit greyscale preview, stretched between the 0.5th and 99.5th percentiles
           (2-D only; for display, not for analysis).
     array : ndarray, shape (H, W) or (frames, H, W)
         Real-valued image (``.png``: shape (H, W)).
-    pixel_size : float, optional
-        Pixel size, Å/px (> 0). Stored in a TIFF; ignored by ``.npy`` and ``.png``.
+    pixel_size : float or (float, float), optional
+        Pixel size, Å/px (> 0): one number for square pixels or ``(y, x)``.
+    frame_interval : float, optional
+        Time between frames of a stack, s (> 0).
+    record : dict, optional
+        JSON-ready record of processing, e.g. from :func:`processing_record`.
+    original_metadata : dict, optional
+        The input file's own tags (:attr:`ImageMetadata.original_metadata`), kept in TIFF and
+        ``.hspy`` outputs.
     overwrite : bool
         Replace an existing file. Without it an existing ``path`` raises ``FileExistsError``.
 
@@ -638,8 +804,16 @@ def write_image(
     FileNotFoundError
         If the target folder does not exist.
     ValueError
-        For an unsupported extension, a non-real array or a wrong number of dimensions, or a
-        pixel size that is not a positive finite number.
+        For an unsupported extension, a non-real array or a wrong number of dimensions, a pixel
+        size or frame interval that is not a positive finite number, a record that is not JSON.
+    ImportError
+        For ``.hspy`` without HyperSpy.
+
+    Warns
+    -----
+    CalibrationDroppedWarning
+        When ``.npy`` or ``.png`` is asked to keep a pixel size, frame interval or record: those
+        formats cannot, and the information is never dropped silently.
 
     Notes
     -----
@@ -679,11 +853,14 @@ def write_image(
                 else "(H, W) or (frames, H, W)."
             )
         )
-    if pixel_size is not None:
-        if isinstance(pixel_size, bool) or not isinstance(pixel_size, (int, float, np.number)):
-            raise ValueError(f"pixel_size={pixel_size!r} must be a number of Å/px or None.")
-        if not (math.isfinite(pixel_size) and pixel_size > 0):
-            raise ValueError(f"pixel_size={pixel_size!r} must be a positive finite number of Å/px.")
+    pixel_size_yx = _check_pixel_size_pair(pixel_size)
+    if frame_interval is not None and not (
+        _is_number(frame_interval) and math.isfinite(frame_interval) and frame_interval > 0
+    ):
+        raise ValueError(
+            f"frame_interval={frame_interval!r} must be a positive finite number of s or None."
+        )
+    info = _info_json(record, original_metadata, path)
     folder = path.parent
     if not folder.is_dir():
         raise FileNotFoundError(
@@ -691,6 +868,24 @@ def write_image(
         )
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists — choose another output name or pass overwrite=True.")
+    if suffix in (".npy", ".png"):
+        dropped = [
+            name
+            for name, value in (
+                ("pixel size", pixel_size_yx),
+                ("frame interval", frame_interval if data.ndim == 3 else None),
+                ("record of processing", record),
+            )
+            if value is not None
+        ]
+        if dropped:
+            warnings.warn(
+                f"{path.name}: a {suffix} file cannot store the {' and '.join(dropped)}; "
+                f"write .tif or .hspy to keep {'them' if len(dropped) > 1 else 'it'}.",
+                CalibrationDroppedWarning,
+                stacklevel=2,
+            )
+    interval = frame_interval if data.ndim == 3 else None
 
     def write(target: Path) -> None:
         if suffix == ".npy":
@@ -700,11 +895,195 @@ def write_image(
             import imageio.v3 as iio
 
             iio.imwrite(target, _stretch_to_uint8(data), extension=".png")
-        else:
-            _write_imagej_tiff(target, data, pixel_size)
+        elif suffix == ".hspy":
+            from stem_ae._hyperspy import make_signal
 
+            signal = make_signal(
+                data.astype(np.float32),
+                pixel_size=pixel_size_yx,
+                frame_interval=interval,
+                record=record,
+                original_metadata=original_metadata,
+                title=path.stem,
+            )
+            signal.save(target, overwrite=True)
+        else:
+            _write_imagej_tiff(target, data, pixel_size_yx, interval, info)
+
+    if suffix == ".hspy":
+        from stem_ae._hyperspy import require_hyperspy
+
+        require_hyperspy(f"writing {path}")
     _atomic_write(path, write, overwrite=overwrite)
     return path
+
+
+def _is_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float, np.number))
+
+
+def _check_pixel_size_pair(
+    pixel_size: float | tuple[float, float] | None,
+) -> tuple[float, float] | None:
+    """``(y, x)`` Å/px from one number or a pair; ValueError for anything else."""
+    if pixel_size is None:
+        return None
+    values = (pixel_size, pixel_size) if _is_number(pixel_size) else pixel_size
+    try:
+        values = tuple(values)
+    except TypeError:
+        values = ()
+    if len(values) != 2 or not all(_is_number(v) for v in values):
+        raise ValueError(
+            f"pixel_size={pixel_size!r} must be a number of Å/px, a (y, x) pair of them, or None."
+        )
+    if not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"pixel_size={pixel_size!r} must be positive finite number(s) of Å/px.")
+    return float(values[0]), float(values[1])
+
+
+def _info_json(record: dict | None, original_metadata: dict | None, path: Path) -> str | None:
+    """The JSON text stored in a TIFF's ImageJ ``Info`` (None when there is nothing to store)."""
+    if record is None and not original_metadata:
+        return None
+    content = {
+        "processing": record,
+        "original_metadata": _jsonable(original_metadata or {}),
+    }
+    try:
+        return json.dumps({_INFO_KEY: content}, ensure_ascii=False, allow_nan=False)
+    except (TypeError, ValueError) as error:
+        raise ValueError(
+            f"cannot write {path}: the record is not JSON-ready ({error}) — give a dict of "
+            f"numbers, strings, lists and dicts, e.g. from processing_record()."
+        ) from None
+
+
+_INFO_KEY = "stem_ae"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _model_identity(model: Any) -> dict:
+    """Name and sha256 of the canonical JSON of a model's AEConfig (a name, folder, .keras file,
+    AEConfig or keras.Model)."""
+    if model is None:
+        model = "general"
+    config: dict | None = None
+    if isinstance(model, (str, os.PathLike)):
+        folder = Path(model)
+        shipped = Path(__file__).resolve().parent / "models" / str(model)
+        if isinstance(model, str) and (shipped / "config.json").is_file():
+            folder = shipped
+        elif folder.suffix == ".keras":
+            folder = folder.parent
+        config_path = folder / "config.json"
+        if config_path.is_file():
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+        label = str(model)
+    else:
+        if hasattr(model, "to_dict"):
+            config = model.to_dict()
+        else:
+            from stem_ae.model import get_config
+
+            config = get_config(model).to_dict()
+        label = str(config.get("name") or type(model).__name__)
+    digest = None
+    if config is not None:
+        canonical = json.dumps(config, sort_keys=True, separators=(",", ":"))
+        digest = hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+    return {"name": label, "config_sha256": digest}
+
+
+def processing_record(
+    function: str = "stem_ae.denoise",
+    *,
+    model: Any = None,
+    step: int | None = None,
+    contrast: str | None = None,
+    lattice: Any = None,
+    resampling_factor: float | None = None,
+    pixel_size: float | tuple[float, float] | None = None,
+    source: str | os.PathLike | None = None,
+    output: str = "denoised",
+    **parameters: Any,
+) -> dict:
+    """A JSON-ready record of how an output was made, for :func:`write_image` to store.
+
+    Parameters
+    ----------
+    function : str
+        The public function that made the output, e.g. ``"stem_ae.denoise"``.
+    model : str, path, AEConfig or keras.Model, optional
+        The model used (``None``: the shipped ``"general"``); its name and the sha256 of its
+        configuration (canonical JSON of ``config.json`` / :func:`stem_ae.get_config`) are kept.
+    step : int, optional
+        Window step, px.
+    contrast : str, optional
+        ``"bright"``, ``"dark"`` or ``"auto"`` as given.
+    lattice : LatticeEstimate, optional
+        The measured lattice (spacings in px, directions in degrees).
+    resampling_factor : float, optional
+        Magnification applied to bring the lattice to the model's sampling (1: none).
+    pixel_size : float or (float, float), optional
+        Calibration used, Å/px (``(y, x)``).
+    source : str or path-like, optional
+        The input file: its name and sha256 are kept (not its folder).
+    output : str
+        What the output holds: ``"denoised"`` or ``"uncertainty"``.
+    **parameters
+        Further JSON-ready parameters (e.g. ``residual="sure"``).
+
+    Returns
+    -------
+    dict
+        ``software``, ``version``, ``function``, ``date`` (ISO 8601, UTC), ``output``,
+        ``model`` (``name``, ``config_sha256``), ``parameters``, ``lattice``,
+        ``resampling_factor``, ``pixel_size_yx_angstrom``, ``input`` (``name``, ``sha256``).
+
+    Examples
+    --------
+    >>> record = processing_record(model="general", step=2, contrast="bright")
+    >>> record["function"], record["parameters"]["step"], len(record["model"]["config_sha256"])
+    ('stem_ae.denoise', 2, 64)
+    """
+    from stem_ae._version import __version__
+
+    lattice_record = None
+    if lattice is not None:
+        lattice_record = {
+            "spacings_px": [float(v) for v in lattice.spacings],
+            "angles_deg": [float(v) for v in lattice.angles],
+            "dominant_spacing_px": float(lattice.dominant_spacing),
+            "dominant_angle_deg": float(lattice.dominant_angle),
+        }
+    input_record = None
+    if source is not None:
+        source = Path(source)
+        input_record = {"name": source.name, "sha256": _sha256(source)}
+    pixel_size_yx = _check_pixel_size_pair(pixel_size)
+    return _jsonable(
+        {
+            "software": "stem_ae",
+            "version": __version__,
+            "function": function,
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "output": output,
+            "model": _model_identity(model),
+            "parameters": {"step": step, "contrast": contrast, **parameters},
+            "lattice": lattice_record,
+            "resampling_factor": None if resampling_factor is None else float(resampling_factor),
+            "pixel_size_yx_angstrom": None if pixel_size_yx is None else list(pixel_size_yx),
+            "input": input_record,
+        }
+    )
 
 
 def _stretch_to_uint8(image: np.ndarray, low: float = 0.5, high: float = 99.5) -> np.ndarray:
@@ -721,7 +1100,13 @@ def _stretch_to_uint8(image: np.ndarray, low: float = 0.5, high: float = 99.5) -
     return np.round(scaled * 255.0).astype(np.uint8)
 
 
-def _write_imagej_tiff(target: Path, data: np.ndarray, pixel_size: float | None) -> None:
+def _write_imagej_tiff(
+    target: Path,
+    data: np.ndarray,
+    pixel_size_yx: tuple[float, float] | None,
+    frame_interval: float | None,
+    info: str | None,
+) -> None:
     import tifffile
 
     data32 = np.ascontiguousarray(data, dtype=np.float32)
@@ -730,10 +1115,14 @@ def _write_imagej_tiff(target: Path, data: np.ndarray, pixel_size: float | None)
     if finite.size:
         metadata["min"], metadata["max"] = float(finite.min()), float(finite.max())
     kwargs: dict = {}
-    if pixel_size is not None:
-        per_nm = 10.0 / float(pixel_size)  # px per nm
-        kwargs["resolution"] = (per_nm, per_nm)
+    if pixel_size_yx is not None:
+        # px per nm along x, then y (TIFF XResolution, YResolution): non-square pixels are kept.
+        kwargs["resolution"] = (10.0 / pixel_size_yx[1], 10.0 / pixel_size_yx[0])
         metadata["unit"] = "nm"
+    if frame_interval is not None:
+        metadata["finterval"] = float(frame_interval)
+    if info is not None:
+        metadata["Info"] = info
     tifffile.imwrite(target, data32, imagej=True, metadata=metadata, **kwargs)
 
 

@@ -19,7 +19,14 @@ import numpy as np
 import pytest
 import tifffile
 
-from stem_ae.io import ImageMetadata, read_image, to_angstrom, write_image
+from stem_ae.io import (
+    CalibrationDroppedWarning,
+    ImageMetadata,
+    processing_record,
+    read_image,
+    to_angstrom,
+    write_image,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -56,7 +63,9 @@ def _write_ser(path: Path, frames: np.ndarray, delta_m: float) -> None:
     path.write_bytes(body)
 
 
-def _write_velox(path: Path, datasets: dict[str, np.ndarray], pixel_m: float) -> None:
+def _write_velox(
+    path: Path, datasets: dict[str, np.ndarray], pixel_m: float, frame_time: float | None = None
+) -> None:
     """A minimal Velox EMD: Data/Image/<id>/{Data (H, W, frames), Metadata (JSON bytes)}."""
     import h5py
 
@@ -73,6 +82,8 @@ def _write_velox(path: Path, datasets: dict[str, np.ndarray], pixel_m: float) ->
                     "PixelUnitY": "m",
                 }
             }
+            if frame_time is not None:
+                meta["Scan"] = {"FrameTime": str(frame_time)}
             raw = np.frombuffer(json.dumps(meta).encode(), np.uint8)
             column = np.zeros((raw.size + 16, len(frames)), np.uint8)
             column[: raw.size] = raw[:, None]
@@ -452,3 +463,154 @@ def test_write_image_bad_arguments(tmp_path, name, array, kwargs, error, message
     with pytest.raises(error, match=message):
         write_image(tmp_path / name, array, **kwargs)
     assert not (tmp_path / name).exists()
+
+
+# --------------------------------------------------------------------------------------------
+# calibration per axis, frame interval, original tags and the record of processing
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".hspy"])
+def test_non_square_pixels_survive_a_round_trip(tmp_path, suffix):
+    path = write_image(tmp_path / f"out{suffix}", _image((30, 40)), pixel_size=(0.8112, 0.5408))
+    image, meta = read_image(path)
+    assert image.shape == (30, 40)
+    assert meta.pixel_size_yx == pytest.approx((0.8112, 0.5408), rel=1e-6)
+    assert meta.pixel_size == pytest.approx(0.5408, rel=1e-6)
+
+
+def test_non_square_tiff_opens_in_imagej_with_both_resolutions(tmp_path):
+    path = write_image(tmp_path / "out.tif", _image((30, 40)), pixel_size=(0.8, 0.5))
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        x = page.tags["XResolution"].value
+        y = page.tags["YResolution"].value
+    assert x[0] / x[1] == pytest.approx(20.0)  # px per nm
+    assert y[0] / y[1] == pytest.approx(12.5)
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".hspy"])
+def test_frame_interval_of_a_stack_round_trips(tmp_path, suffix):
+    stack = _image((3, 30, 40))
+    path = write_image(tmp_path / f"s{suffix}", stack, pixel_size=0.2, frame_interval=0.25)
+    image, meta = read_image(path)
+    assert image.shape == (3, 30, 40)
+    assert meta.frame_interval == pytest.approx(0.25)
+    assert meta.pixel_size_yx == pytest.approx((0.2, 0.2))
+
+
+def test_velox_frame_time_is_the_frame_interval(tmp_path):
+    path = tmp_path / "series.emd"
+    _write_velox(path, {"HAADF": _image((3, 30, 34))}, pixel_m=2e-11, frame_time=0.5)
+    _, meta = read_image(path)
+    assert meta.frame_interval == pytest.approx(0.5)
+    assert meta.original_metadata["Velox"]["Scan"]["FrameTime"] == "0.5"
+
+
+def test_dm3_tags_are_kept_and_carried_into_outputs(tmp_path):
+    image, meta = read_image(DATA / "REBCO-ROI_raw.dm3")
+    tags = meta.original_metadata["DigitalMicrograph"]
+    assert len(tags) > 100
+    assert any(key.startswith("ImageList.") for key in tags)
+    json.dumps(meta.original_metadata)  # JSON-ready
+    for suffix in (".tif", ".hspy"):
+        path = write_image(
+            tmp_path / f"out{suffix}",
+            image,
+            pixel_size=meta.pixel_size_yx,
+            original_metadata=meta.original_metadata,
+        )
+        _, written = read_image(path)
+        kept = written.original_metadata["DigitalMicrograph"]
+        assert set(kept) == set(tags)
+
+
+def test_record_of_processing_names_model_input_and_parameters():
+    source = DATA / "REBCO-ROI_raw.dm3"
+    record = processing_record(
+        model="general", step=2, contrast="bright", resampling_factor=1.25, source=source
+    )
+    assert record["software"] == "stem_ae" and record["function"] == "stem_ae.denoise"
+    assert record["input"] == {
+        "name": "REBCO-ROI_raw.dm3",
+        "sha256": "1cb2b4e7fc6f115ef4e5ed9009634f0260493bcc2260289c6f11a1aba7db82c7",
+    }
+    assert record["parameters"] == {"step": 2, "contrast": "bright"}
+    assert record["resampling_factor"] == 1.25
+    assert record["date"].endswith("+00:00")
+    json.dumps(record)
+
+
+def test_record_config_hash_is_the_same_for_a_name_and_its_config():
+    from stem_ae.model import AEConfig
+
+    folder = Path(__file__).resolve().parents[1] / "stem_ae" / "models"
+    by_name = processing_record(model="paper")["model"]
+    by_config = processing_record(model=AEConfig.from_json(folder / "paper" / "config.json"))
+    assert by_name["config_sha256"] == by_config["model"]["config_sha256"]
+    other = processing_record(model="general")["model"]["config_sha256"]
+    assert other != by_name["config_sha256"]
+
+
+def test_record_of_measured_lattice():
+    from stem_ae import estimate_lattice
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((128, 128), pixel_size=0.3, dose=50.0, rng=0)
+    record = processing_record(lattice=estimate_lattice(scene.clean))
+    assert len(record["lattice"]["spacings_px"]) == 2
+    assert record["lattice"]["dominant_spacing_px"] > 0
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".hspy"])
+def test_record_is_stored_and_read_back(tmp_path, suffix):
+    record = processing_record(model="general", step=4, contrast="dark", pixel_size=(0.3, 0.2))
+    path = write_image(tmp_path / f"out{suffix}", _image(), pixel_size=(0.3, 0.2), record=record)
+    _, meta = read_image(path)
+    assert meta.processing["model"] == record["model"]
+    assert meta.processing["parameters"] == {"step": 4, "contrast": "dark"}
+    assert meta.processing["pixel_size_yx_angstrom"] == pytest.approx([0.3, 0.2])
+
+
+def test_record_is_json_in_the_imagej_info(tmp_path):
+    record = processing_record(step=2)
+    path = write_image(tmp_path / "out.tif", _image(), record=record)
+    with tifffile.TiffFile(path) as tif:
+        info = json.loads(tif.imagej_metadata["Info"])
+    assert info["stem_ae"]["processing"]["parameters"]["step"] == 2
+
+
+def test_hspy_opens_in_hyperspy_with_axes_in_nm_and_the_record(tmp_path):
+    import hyperspy.api as hs
+
+    record = processing_record(step=2)
+    path = write_image(
+        tmp_path / "out.hspy", _image((30, 40)), pixel_size=(0.3, 0.2), record=record
+    )
+    signal = hs.load(path)
+    y_axis, x_axis = signal.axes_manager.signal_axes[1], signal.axes_manager.signal_axes[0]
+    assert (y_axis.scale, x_axis.scale) == pytest.approx((0.03, 0.02))
+    assert x_axis.units == y_axis.units == "nm"
+    assert signal.metadata.Processing.stem_ae.parameters.step == 2
+
+
+@pytest.mark.parametrize("suffix", [".npy", ".png"])
+def test_formats_without_calibration_warn_instead_of_dropping_it(tmp_path, suffix):
+    with pytest.warns(CalibrationDroppedWarning, match="pixel size.*write .tif or .hspy"):
+        write_image(tmp_path / f"out{suffix}", _image(), pixel_size=(0.3, 0.2))
+
+
+@pytest.mark.parametrize(
+    "pixel_size", [(0.3,), (0.3, -0.2), (0.3, float("nan")), ("0.3", "0.2"), (True, 0.2)]
+)
+def test_bad_pixel_size_pairs_are_refused(tmp_path, pixel_size):
+    with pytest.raises(ValueError, match="pixel_size"):
+        write_image(tmp_path / "out.tif", _image(), pixel_size=pixel_size)
+    assert not list(tmp_path.iterdir())
+
+
+def test_bad_frame_interval_and_record_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="frame_interval"):
+        write_image(tmp_path / "s.tif", _image((2, 30, 30)), frame_interval=0.0)
+    with pytest.raises(ValueError, match="not JSON-ready"):
+        write_image(tmp_path / "s.tif", _image(), record={"bad": object()})
+    assert not list(tmp_path.iterdir())
