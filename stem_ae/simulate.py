@@ -38,11 +38,21 @@ windows, and physical noise: Poisson at 1–100 counts/px, read noise, scan-line
 jitter, occasional probe blur (10 % of windows get paper-like uniform noise instead). Every range
 is a field of :class:`TrainingDistribution` and is saved with a model (``to_dict``).
 
-Scenes (:func:`simulate_scene`)
--------------------------------
+Scenes (:func:`simulate_scene`, :func:`simulate_mixed_scene`)
+-------------------------------------------------------------
 Whole images in physical units (Å/px, counts/px) with ground-truth column positions and defects:
 a Ruddlesden–Popper fault, vacancies, a smooth strain field. The truth for Figure 3 and for the
-quantitative tests of reconstruction.
+quantitative tests of reconstruction. ``contrast="dark"`` draws ABF-like scenes (dark columns
+with a weak bright rim on a bright background). :func:`simulate_mixed_scene` draws images that
+are not one crystal — crystal, a second grain at another orientation, amorphous blobs, vacuum —
+with the true region of every pixel (:data:`REGIONS`).
+
+Noise (:class:`NoiseModel`)
+---------------------------
+White: Poisson shot noise at a dose, uniform or Gaussian noise at an SNR, read noise. Correlated,
+as in real scans: per-row offsets (in counts, ``row_offset``, or relative to the signal,
+``row_offset_rel``) and a slow row gain, drift-corrected averages of sub-pixel shifted frames, and
+detector afterglow along the fast scan. Row jitter, drift and probe blur act on the geometry.
 
 Speed
 -----
@@ -78,6 +88,7 @@ __all__ = [
     "TrainingDistribution",
     "as_generator",
     "random_lattice",
+    "simulate_mixed_scene",
     "simulate_scene",
     "srtio3_lattice",
     "training_batch",
@@ -2003,3 +2014,276 @@ def simulate_scene(
         lattice=lat,
         metadata=metadata,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# scenes that are not one crystal
+# --------------------------------------------------------------------------------------------
+
+REGIONS = {"vacuum": 0, "amorphous": 1, "crystal": 2, "grain": 3}
+"""Region codes of :func:`simulate_mixed_scene` (``scene.metadata["regions"]["labels"]``)."""
+MIXED_PARTS = ("crystal", "amorphous", "vacuum", "grain")
+"""Default parts of :func:`simulate_mixed_scene`."""
+VACUUM_LEVEL = 0.02
+"""Constant level of vacuum in :func:`simulate_mixed_scene`, fraction of the strongest peak."""
+GRAIN_ROTATION = 30.0
+"""Default rotation of the second grain relative to the first, degrees."""
+AMORPHOUS_INTENSITY = (0.5, 1.5)
+"""Peak heights of amorphous blobs, uniform in this range × the crystal's mean column height."""
+
+
+def _check_parts(parts) -> tuple[str, ...]:
+    items = (parts,) if isinstance(parts, str) else tuple(parts)
+    if not items:
+        raise ValueError(f"parts must name at least one of {', '.join(REGIONS)}, got {parts!r}")
+    for part in items:
+        if part not in REGIONS:
+            raise ValueError(f"unknown part {part!r}; accepted: {', '.join(REGIONS)}")
+    if len(set(items)) != len(items):
+        raise ValueError(f"parts must not repeat a region, got {parts!r}")
+    return items
+
+
+def _region_layout(shape, parts, labels, gen):
+    """The label map (H, W) int8 of region codes, and a function ``(N, 2) (y, x) px -> (N,)``
+    giving the code of the nearest pixel (clipped to the image), so that a column's region is
+    that of its pixel in the map.
+
+    Given ``labels``, that map. Otherwise one region per part: two parts split the image into a
+    left and a right half; three or more are Voronoi cells of points on a circle of radius 0.3 ×
+    the shorter side about the centre, at a random rotation (drawn from ``gen``).
+    """
+    h, w = shape
+    if labels is not None:
+        table = np.asarray(labels)
+        if table.shape != (h, w) or not np.isin(table, list(REGIONS.values())).all():
+            raise ValueError(
+                f"labels must be an int array of shape {(h, w)} holding region codes "
+                f"{REGIONS}, got shape {table.shape}"
+            )
+        table = table.astype(np.int8)
+    else:
+        codes = np.array([REGIONS[p] for p in parts], np.int8)
+        cy, cx = (h - 1) / 2.0, (w - 1) / 2.0
+        if len(parts) == 1:
+            seeds = np.array([[cy, cx]])
+        elif len(parts) == 2:
+            seeds = np.array([[cy, (w - 1) / 4.0], [cy, 3 * (w - 1) / 4.0]])
+        else:
+            step = 360.0 / len(parts)
+            turn = gen.uniform(0.0, step) + np.arange(len(parts)) * step
+            seeds = np.array([cy, cx]) + 0.3 * min(h, w) * _direction(turn)
+        yy, xx = np.ogrid[0:h, 0:w]
+        dist = np.stack([(yy - sy) ** 2 + (xx - sx) ** 2 for sy, sx in seeds])
+        table = codes[np.argmin(dist, axis=0)]
+
+    def region_at(points):
+        iy = np.clip(np.rint(points[:, 0]), 0, h - 1).astype(np.intp)
+        ix = np.clip(np.rint(points[:, 1]), 0, w - 1).astype(np.intp)
+        return table[iy, ix]
+
+    return region_at, table
+
+
+def _amorphous_blobs(lat: Lattice, shape, margin, region_at, gen):
+    """Random Gaussian blobs at the crystal's column density and mean peak height.
+
+    Positions are a uniform Poisson process over the image and a ``margin`` px border, kept where
+    the region is amorphous; heights uniform in :data:`AMORPHOUS_INTENSITY` × the mean height of
+    the crystal's columns, so the mean intensity matches the crystal's. Returns positions (M, 2),
+    heights (M,) and the density, blobs per px².
+    """
+    h, w = shape
+    density = len(lat.basis) / lat.cell_area
+    mean_height = float(np.mean([site[2] for site in lat.basis]))
+    area = (h + 2 * margin) * (w + 2 * margin)
+    count = gen.poisson(density * area)
+    pos = gen.random((count, 2)) * [h + 2 * margin, w + 2 * margin] - margin
+    heights = gen.uniform(*AMORPHOUS_INTENSITY, size=count) * mean_height
+    mine = region_at(pos) == REGIONS["amorphous"]
+    return pos[mine], heights[mine], density
+
+
+def simulate_mixed_scene(
+    shape,
+    *,
+    parts: Sequence[str] = MIXED_PARTS,
+    labels: np.ndarray | None = None,
+    lattice: str | Lattice = "srtio3",
+    grain_lattice: str | Lattice | None = None,
+    pixel_size: float = 0.2,
+    cell: float = SRTIO3_CELL,
+    dose: float | None = 16.0,
+    noise: NoiseModel | None = None,
+    angle: float = 0.0,
+    grain_angle: float | None = None,
+    sigma_angstrom: float = 0.35,
+    background: float = 0.05,
+    vacuum_level: float = VACUUM_LEVEL,
+    rng: Any = None,
+) -> Scene:
+    """Simulate an image that is not one crystal: crystal, amorphous, vacuum and a second grain.
+
+    The image is split into regions, one per entry of ``parts``:
+
+    * ``"crystal"``: the lattice of ``lattice`` at ``angle`` (as :func:`simulate_scene`);
+    * ``"grain"``: a second crystal, ``grain_lattice`` (default: the same) at ``grain_angle``
+      (default ``angle + GRAIN_ROTATION``) with its own random origin;
+    * ``"amorphous"``: random Gaussian blobs of the crystal's column width, at its column
+      density and mean peak height (so a similar mean intensity), with no order;
+    * ``"vacuum"``: a low constant level ``vacuum_level`` and nothing else.
+
+    Two parts split the image into a left and a right half (``parts=("crystal", "amorphous")``
+    is the half-and-half scene of the amorphous benchmark); three or more are Voronoi cells of
+    points on a circle about the centre at a random rotation; ``labels`` gives any layout
+    instead. A column or blob belongs to the region of its centre and is rendered whole, so
+    tails cross the boundaries; the constant background follows the regions pixel by pixel.
+
+    Parameters
+    ----------
+    shape : (H, W), px.
+    parts : region names from :data:`REGIONS`, each at most once.
+    labels : ndarray of int, shape (H, W), optional
+        Region codes (:data:`REGIONS`) per pixel; overrides ``parts``.
+    lattice, grain_lattice : preset name (:data:`SCENE_LATTICES`) or :class:`Lattice` in px.
+    pixel_size : Å/px. cell : SrTiO3 lattice parameter, Å. sigma_angstrom : column sigma, Å.
+    dose : mean counts per pixel over the whole image (vacuum included); None for none.
+    noise : a :class:`NoiseModel`, as for :func:`simulate_scene` (probe blur widens columns and
+        blobs; drift shears them and the truth follows, the region map does not).
+    angle, grain_angle : lattice rotations, degrees counter-clockwise.
+    background : constant level of crystal, grain and amorphous regions, fraction of the
+        strongest peak. vacuum_level : that of vacuum.
+    rng : seed or Generator (layout, origins, blobs, noise).
+
+    Returns
+    -------
+    Scene
+        ``columns``/``column_types``: the true columns of both crystals inside the image (none in
+        amorphous or vacuum regions); ``lattice``: the crystal's. ``metadata["regions"]``:
+        ``labels`` (H, W) int8 codes, ``legend`` (:data:`REGIONS`), ``crystal_mask`` (H, W)
+        bool (crystal or grain), ``parts``; ``metadata["column_region"]``: the region code of
+        each column (2 crystal, 3 grain); ``metadata["amorphous"]``: blob ``positions`` (M, 2)
+        px, ``heights``, ``density_per_px2``; ``metadata["grain"]``: its ``lattice``
+        (``Lattice.to_dict()``) and ``angle``; plus the keys of :func:`simulate_scene`.
+
+    Examples
+    --------
+    >>> scene = simulate_mixed_scene((96, 128), parts=("crystal", "amorphous"), rng=0)
+    >>> regions = scene.metadata["regions"]
+    >>> bool(regions["crystal_mask"][:, :63].all()), bool(regions["crystal_mask"][:, 65:].any())
+    (True, False)
+    >>> bool((scene.columns[:, 1] < 64).all())
+    True
+    """
+    h, w = _scene_shape(shape)
+    parts = _check_parts(parts)
+    pixel_size = _check_positive("pixel_size", pixel_size)
+    cell = _check_positive("cell", cell)
+    sigma_angstrom = _check_positive("sigma_angstrom", sigma_angstrom)
+    noise = _scene_noise(noise, dose)
+    background = _check_positive("background", background, allow_zero=True)
+    vacuum_level = _check_positive("vacuum_level", vacuum_level, allow_zero=True)
+    gen = as_generator(rng)
+    lat, lattice_name = _scene_lattice(lattice, pixel_size, cell, sigma_angstrom)
+    grain_lat, grain_name = _scene_lattice(
+        lattice if grain_lattice is None else grain_lattice, pixel_size, cell, sigma_angstrom
+    )
+    _check_scene_period(lat, pixel_size)
+    _check_scene_period(grain_lat, pixel_size)
+    if grain_angle is None:
+        grain_angle = float(angle) + GRAIN_ROTATION
+
+    region_at, region_map = _region_layout((h, w), parts, labels, gen)
+    crystal, crystal_region = _crystal_part(lat, angle, (h, w), REGIONS["crystal"], region_at, gen)
+    grain, grain_region = _crystal_part(
+        grain_lat, grain_angle, (h, w), REGIONS["grain"], region_at, gen
+    )
+    margin = GAUSS_CUTOFF * lat.sigma + 1
+    blobs, heights, density = _amorphous_blobs(lat, (h, w), margin, region_at, gen)
+    if noise.drift:
+        centre = (h - 1) / 2.0
+        for pos in (crystal.pos, grain.pos, blobs):
+            pos[:, 1] += noise.drift * (pos[:, 0] - centre)
+    keep = np.concatenate([crystal_region, grain_region])
+    peak = max(site[2] for site in lat.basis)
+    clean = _render_mixed(
+        (h, w),
+        (crystal, grain),
+        keep,
+        (blobs, heights),
+        region_map,
+        sigma=(lat.sigma, grain_lat.sigma),
+        blur=noise.blur,
+        levels=(background * peak, vacuum_level * peak),
+    )
+    noisy, clean = _apply_scene_noise(clean, noise, gen)
+
+    pos = np.concatenate([crystal.pos, grain.pos])
+    on_crystal = keep & _inside_image(pos, (h, w))
+    codes = np.repeat(
+        [REGIONS["crystal"], REGIONS["grain"]], [len(crystal.pos), len(grain.pos)]
+    ).astype(np.int8)
+    types = np.concatenate([crystal.types, grain.types])
+    crystal_mask = np.isin(region_map, [REGIONS["crystal"], REGIONS["grain"]])
+    metadata: dict[str, Any] = {
+        "defect": None,
+        "lattice": lattice_name,
+        "pixel_size": pixel_size,
+        "angle": float(angle),
+        "sigma_px": lat.sigma,
+        "background": background,
+        "noise": noise.to_dict(),
+        "contrast": "bright",
+        "reference_columns": pos[on_crystal],
+        "regions": {
+            "labels": region_map,
+            "legend": dict(REGIONS),
+            "crystal_mask": crystal_mask,
+            "parts": list(parts) if labels is None else None,
+        },
+        "column_region": codes[on_crystal],
+        "amorphous": {
+            "positions": blobs,
+            "heights": heights,
+            "density_per_px2": float(density),
+        },
+        "grain": {"lattice": grain_lat.to_dict(), "name": grain_name, "angle": float(grain_angle)},
+        "vacuum_level": vacuum_level,
+    }
+    return Scene(
+        clean=clean.astype(np.float32),
+        noisy=noisy.astype(np.float32),
+        columns=pos[on_crystal].astype(np.float64),
+        column_types=types[on_crystal].astype(int),
+        pixel_size=float(pixel_size),
+        lattice=lat,
+        metadata=metadata,
+    )
+
+
+def _crystal_part(lat: Lattice, angle: float, shape, code: int, region_at, gen):
+    """Columns of one crystal at ``angle`` (own random origin) and the mask of those whose
+    centre lies in the region ``code``."""
+    cols = _scene_columns(lat, angle, shape, gen)
+    _place_columns(cols)
+    return cols, region_at(cols.pos) == code
+
+
+def _render_mixed(shape, crystals, keep, blobs, region_map, *, sigma, blur, levels):
+    """Columns of the crystals (kept ones) and amorphous blobs, on a background per region."""
+    h, w = shape
+    pos = np.concatenate([c.pos for c in crystals])[keep]
+    inten = np.concatenate([c.inten for c in crystals])[keep]
+    sig = np.concatenate(
+        [np.full(len(c.pos), math.hypot(s, blur)) for c, s in zip(crystals, sigma, strict=True)]
+    )[keep]
+    blob_pos, blob_heights = blobs
+    clean = _render_image(
+        (h, w),
+        np.concatenate([pos, blob_pos]),
+        np.concatenate([inten, blob_heights]),
+        np.concatenate([sig, np.full(len(blob_pos), math.hypot(sigma[0], blur))]),
+    )
+    crystal_level, vacuum = levels
+    clean += np.where(region_map == REGIONS["vacuum"], vacuum, crystal_level).astype(np.float32)
+    return clean

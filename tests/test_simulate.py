@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy import ndimage
 
 from stem_ae import simulate as sim
 from stem_ae.simulate import (
@@ -673,3 +674,101 @@ def test_dark_contrast_dose_is_mean_counts_per_pixel():
 def test_bad_contrast_raises(kwargs, match):
     with pytest.raises(ValueError, match=match):
         simulate_scene((64, 64), rng=0, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# scenes that are not one crystal
+# ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mixed_scene():
+    return sim.simulate_mixed_scene((192, 192), dose=16.0, rng=12)
+
+
+def test_mixed_scene_has_every_region_and_a_crystal_mask(mixed_scene):
+    regions = mixed_scene.metadata["regions"]
+    labels = regions["labels"]
+    assert labels.shape == mixed_scene.clean.shape == (192, 192)
+    assert regions["legend"] == sim.REGIONS
+    for code in sim.REGIONS.values():
+        assert (labels == code).mean() > 0.1
+    np.testing.assert_array_equal(regions["crystal_mask"], np.isin(labels, [2, 3]))
+    assert mixed_scene.clean.mean() == pytest.approx(16.0, rel=1e-5)
+    assert mixed_scene.noisy.mean() == pytest.approx(16.0, rel=0.02)
+
+
+def test_mixed_scene_truth_columns_only_in_the_crystals(mixed_scene):
+    labels = mixed_scene.metadata["regions"]["labels"]
+    iy, ix = np.clip(np.rint(mixed_scene.columns), 0, 191).astype(int).T
+    np.testing.assert_array_equal(labels[iy, ix], mixed_scene.metadata["column_region"])
+    assert set(np.unique(mixed_scene.metadata["column_region"])) == {2, 3}
+    assert len(mixed_scene.columns) == len(mixed_scene.column_types) > 40
+    # the clean image peaks on the true columns (away from region boundaries)
+    off = peak_offsets(mixed_scene, margin=6)
+    assert np.median(np.abs(off)) < 0.05
+
+
+def test_mixed_scene_vacuum_is_low_and_amorphous_matches_the_crystal(mixed_scene):
+    labels, clean = mixed_scene.metadata["regions"]["labels"], mixed_scene.clean
+    crystal = clean[labels == sim.REGIONS["crystal"]].mean()
+    amorphous = clean[labels == sim.REGIONS["amorphous"]].mean()
+    vacuum = ndimage.binary_erosion(labels == sim.REGIONS["vacuum"], iterations=12)
+    assert amorphous == pytest.approx(crystal, rel=0.3)
+    assert clean[vacuum].max() < 0.25 * crystal
+    assert np.ptp(clean[vacuum]) < 1e-3 * crystal  # a constant level
+    blobs = mixed_scene.metadata["amorphous"]
+    density = len(blobs["positions"]) / (labels == sim.REGIONS["amorphous"]).sum()
+    assert density == pytest.approx(blobs["density_per_px2"], rel=0.35)
+
+
+def test_mixed_scene_second_grain_is_rotated(mixed_scene):
+    grain = mixed_scene.metadata["grain"]
+    assert grain["angle"] == pytest.approx(sim.GRAIN_ROTATION)
+    a = mixed_scene.lattice.a
+    for code, expected in ((2, 0.0), (3, sim.GRAIN_ROTATION)):
+        sr = mixed_scene.columns[
+            (mixed_scene.metadata["column_region"] == code) & (mixed_scene.column_types == 0)
+        ]
+        d = sr[None, :, :] - sr[:, None, :]
+        near = np.abs(np.hypot(d[..., 0], d[..., 1]) - a) < 0.01 * a
+        angles = np.degrees(np.arctan2(-d[..., 0][near], d[..., 1][near])) % 90
+        assert np.allclose(angles, expected, atol=1e-6)
+
+
+def test_half_crystal_half_amorphous_scene():
+    scene = sim.simulate_mixed_scene((128, 160), parts=("crystal", "amorphous"), dose=8.0, rng=3)
+    labels = scene.metadata["regions"]["labels"]
+    assert (labels[:, :80] == sim.REGIONS["crystal"]).all()
+    assert (labels[:, 80:] == sim.REGIONS["amorphous"]).all()
+    assert (scene.columns[:, 1] < 79.5).all()
+    assert scene.metadata["regions"]["parts"] == ["crystal", "amorphous"]
+
+
+def test_mixed_scene_explicit_labels_and_determinism():
+    labels = np.full((96, 96), sim.REGIONS["vacuum"], np.int8)
+    labels[20:76, 20:76] = sim.REGIONS["crystal"]  # a particle in vacuum
+    a = sim.simulate_mixed_scene((96, 96), labels=labels, rng=4)
+    b = sim.simulate_mixed_scene((96, 96), labels=labels, rng=4)
+    c = sim.simulate_mixed_scene((96, 96), labels=labels, rng=5)
+    np.testing.assert_array_equal(a.metadata["regions"]["labels"], labels)
+    assert a.noisy.tobytes() == b.noisy.tobytes() and a.columns.tobytes() == b.columns.tobytes()
+    assert a.noisy.tobytes() != c.noisy.tobytes()
+    assert ((a.columns > 19) & (a.columns < 76)).all()
+    assert len(a.metadata["amorphous"]["positions"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"parts": ("crystal", "glass")}, r"unknown part 'glass'.*amorphous"),
+        ({"parts": ("crystal", "crystal")}, r"parts must not repeat"),
+        ({"parts": ()}, r"parts must name at least one"),
+        ({"labels": np.zeros((8, 8), int)}, r"labels must be .* shape \(64, 64\)"),
+        ({"labels": np.full((64, 64), 7)}, r"labels must be .* region codes"),
+        ({"vacuum_level": -1.0}, r"vacuum_level must be finite and >= 0"),
+    ],
+)
+def test_bad_mixed_scene_arguments_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sim.simulate_mixed_scene((64, 64), rng=0, **kwargs)
