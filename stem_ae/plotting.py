@@ -44,10 +44,12 @@ __all__ = [
     "add_scale_bar",
     "new_figure",
     "plot_benchmark",
+    "plot_contact_sheet",
     "plot_elongation_profile",
     "plot_lattice_map",
     "plot_loss",
     "plot_noise_models",
+    "plot_preview",
     "plot_reconstruction",
     "plot_triplets",
     "plot_windows",
@@ -945,6 +947,186 @@ def plot_noise_models(
     for ax in axes[n:]:
         ax.remove()
     return _root(target)
+
+
+def _pixel_pair(pixel_size: float | Sequence[float] | None) -> tuple[float, float] | None:
+    """``(y, x)`` Å/px from one number or a pair (None stays None)."""
+    if pixel_size is None:
+        return None
+    values = np.broadcast_to(np.asarray(pixel_size, dtype=np.float64), (2,))
+    if not (np.all(np.isfinite(values)) and np.all(values > 0)):
+        raise ValueError(
+            f"pixel_size must be positive Å/px (one number or (y, x)), got {pixel_size}"
+        )
+    return float(values[0]), float(values[1])
+
+
+def _panel(
+    ax: Axes,
+    image: np.ndarray,
+    pixel_yx: tuple[float, float] | None,
+    *,
+    title: str | None,
+    cmap: str = "gray",
+    colorbar: str | None = None,
+    scale_bar: bool = True,
+) -> None:
+    """One image panel with the true pixel aspect (non-square pixels are drawn as such)."""
+    vmin, vmax = _limits(image)
+    aspect = 1.0 if pixel_yx is None else pixel_yx[0] / pixel_yx[1]
+    handle = ax.imshow(image, vmin=vmin, vmax=vmax, cmap=cmap, aspect=aspect)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    if title is not None:
+        ax.set_title(title)
+    if pixel_yx is not None and scale_bar:
+        add_scale_bar(ax, pixel_yx[1])
+    if colorbar is not None:
+        _colorbar(ax, handle, colorbar)
+
+
+@_styled
+def plot_preview(
+    raw: np.ndarray,
+    denoised: np.ndarray,
+    uncertainty: np.ndarray | None = None,
+    *,
+    pixel_size: float | Sequence[float] | None = None,
+    title: str | None = None,
+    fig: Figure | SubFigure | None = None,
+) -> Figure:
+    """Raw, denoised and (optionally) uncertainty side by side, with a scale bar.
+
+    What ``stem-ae denoise --preview`` writes: each panel is stretched between its own 0.5th and
+    99.5th percentiles; the uncertainty has its own colour map and a colour bar in the image's
+    units. Non-square pixels are drawn with their true aspect.
+
+    Parameters
+    ----------
+    raw, denoised : ndarray, shape (H, W)
+        The input and the denoised image, in the input's units.
+    uncertainty : ndarray, shape (H, W), optional
+        Per-pixel spread, same units.
+    pixel_size : float or (float, float), optional
+        Å/px (``(y, x)`` for non-square pixels); adds a scale bar in nm.
+    title : str, optional
+        Figure title (e.g. the file name).
+    fig : Figure or SubFigure, optional
+        Draw into this figure instead of a new one.
+
+    Returns
+    -------
+    Figure
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> clean = rng.random((40, 50))
+    >>> fig = plot_preview(clean + rng.normal(size=clean.shape), clean, 0.1 * clean,
+    ...                    pixel_size=(0.3, 0.2))
+    >>> [ax.get_title() for ax in fig.axes[:3]]
+    ['raw', 'denoised', 'uncertainty']
+    """
+    raw = _as_image(raw, "raw")
+    denoised = _as_image(denoised, "denoised")
+    panels = [(raw, "raw"), (denoised, "denoised")]
+    if uncertainty is not None:
+        panels.append((_as_image(uncertainty, "uncertainty"), "uncertainty"))
+    if any(image.shape != raw.shape for image, _ in panels):
+        raise ValueError(
+            f"raw, denoised and uncertainty must have one shape, got "
+            f"{[image.shape for image, _ in panels]}"
+        )
+    pixel_yx = _pixel_pair(pixel_size)
+    height_ratio = raw.shape[0] / raw.shape[1] * (pixel_yx[0] / pixel_yx[1] if pixel_yx else 1)
+    width = 2.4 * len(panels)
+    target = _target(fig, width, 2.4 * height_ratio + 0.5)
+    axes = target.subplots(1, len(panels))
+    for ax, (image, name) in zip(axes, panels, strict=True):
+        spread = name == "uncertainty"
+        _panel(
+            ax,
+            image,
+            pixel_yx,
+            title=name,
+            cmap="magma" if spread else "gray",
+            colorbar="spread" if spread else None,
+            scale_bar=not spread,
+        )
+    if title:
+        target.suptitle(title)
+    return _root(target)
+
+
+@_styled
+def plot_contact_sheet(
+    frames: np.ndarray,
+    *,
+    pixel_size: float | Sequence[float] | None = None,
+    frame_interval: float | None = None,
+    max_frames: int = 36,
+    title: str | None = None,
+) -> Figure:
+    """A grid of the frames of a series, each labelled with its index (and time).
+
+    Parameters
+    ----------
+    frames : ndarray, shape (frames, H, W)
+        A series (e.g. the denoised stack).
+    pixel_size : float or (float, float), optional
+        Å/px; a scale bar on the first frame.
+    frame_interval : float, optional
+        Time between frames, s; labels then show the time too.
+    max_frames : int
+        At most this many frames, evenly spaced over the series, are drawn (the title says so).
+    title : str, optional
+        Figure title.
+
+    Returns
+    -------
+    Figure
+
+    Examples
+    --------
+    >>> fig = plot_contact_sheet(np.random.default_rng(0).random((5, 20, 20)), frame_interval=0.5)
+    >>> [ax.get_title() for ax in fig.axes][:2]
+    ['0 (0 s)', '1 (0.5 s)']
+    """
+    stack = _as_stack(frames, "frames")
+    if max_frames < 1:
+        raise ValueError(f"max_frames must be >= 1, got {max_frames}")
+    pixel_yx = _pixel_pair(pixel_size)
+    count = len(stack)
+    shown = np.unique(np.linspace(0, count - 1, min(count, max_frames)).round().astype(int))
+    columns = int(np.ceil(np.sqrt(len(shown))))
+    rows = int(np.ceil(len(shown) / columns))
+    aspect = stack.shape[1] / stack.shape[2] * (pixel_yx[0] / pixel_yx[1] if pixel_yx else 1)
+    fig = new_figure(1.4 * columns, 1.4 * rows * aspect + 0.4)
+    limits = _limits(stack[shown])
+    axes = np.atleast_1d(fig.subplots(rows, columns)).ravel()
+    for position, ax in enumerate(axes):
+        if position >= len(shown):
+            ax.set_axis_off()
+            continue
+        index = int(shown[position])
+        label = str(index)
+        if frame_interval is not None:
+            label += f" ({index * frame_interval:.3g} s)"
+        ratio = 1.0 if pixel_yx is None else pixel_yx[0] / pixel_yx[1]
+        ax.imshow(stack[index], vmin=limits[0], vmax=limits[1], cmap="gray", aspect=ratio)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title(label, fontsize=STYLE["font.size"] - 1)
+        if position == 0 and pixel_yx is not None:
+            add_scale_bar(ax, pixel_yx[1])
+    heading = title or ""
+    if len(shown) < count:
+        heading = f"{heading} — {len(shown)} of {count} frames".strip(" —")
+    if heading:
+        fig.suptitle(heading)
+    return fig
 
 
 def save_figure(

@@ -296,3 +296,45 @@ def test_plotting_imports_neither_keras_nor_the_simulator():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+# --------------------------------------------------------------------------------------------
+# the --preview figures
+
+
+def _bars_on(ax):
+    return [patch for patch in ax.patches if patch.get_gid() == "scale_bar"]
+
+
+def test_preview_shows_raw_denoised_and_uncertainty_with_a_scale_bar():
+    rng = np.random.default_rng(0)
+    clean = rng.random((40, 60))
+    fig = plotting.plot_preview(
+        clean + rng.normal(size=clean.shape), clean, 0.1 * clean, pixel_size=0.2
+    )
+    images = [ax for ax in fig.axes if ax.get_images()]
+    assert [ax.get_title() for ax in images[:3]] == ["raw", "denoised", "uncertainty"]
+    assert len(_bars_on(images[0])) == 1 and len(_bars_on(images[1])) == 1
+
+
+def test_preview_draws_non_square_pixels_with_their_aspect():
+    image = np.random.default_rng(0).random((40, 60))
+    fig = plotting.plot_preview(image, image, pixel_size=(0.8112, 0.5408))
+    assert fig.axes[0].get_aspect() == pytest.approx(1.5)
+    bar = _bars_on(fig.axes[0])[0]
+    assert bar.get_width() == pytest.approx(10.0 * float(bar.get_label().split()[0]) / 0.5408)
+
+
+def test_preview_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="one shape"):
+        plotting.plot_preview(np.zeros((10, 10)), np.zeros((10, 12)))
+
+
+def test_contact_sheet_shows_every_frame_or_says_how_many():
+    stack = np.random.default_rng(0).random((50, 16, 16))
+    few = plotting.plot_contact_sheet(stack[:7], frame_interval=0.2)
+    titles = [ax.get_title() for ax in few.axes if ax.get_images()]
+    assert len(titles) == 7 and titles[-1] == "6 (1.2 s)"
+    many = plotting.plot_contact_sheet(stack, max_frames=9, title="scan")
+    assert len([ax for ax in many.axes if ax.get_images()]) == 9
+    assert "9 of 50 frames" in many._suptitle.get_text()
