@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from stem_ae.model import AEConfig
 from stem_ae.simulate import PAPER
-from stem_ae.train import error_metrics, evaluate, make_test_set, train
+from stem_ae.training import error_metrics, evaluate, make_test_set, train
 
 RESULTS = Path(__file__).resolve().parent / "results"
 BASE = AEConfig(encoder=(512, 256, 128), code=64, activation="relu", name="ablation")

@@ -33,7 +33,7 @@ def main() -> None:
     import numpy as np
     import tifffile
 
-    from stem_ae.reconstruct import denoise, estimate_lattice
+    from stem_ae import denoise, estimate_lattice
 
     image = tifffile.imread(REPO / "data" / "Tecnai_Osiris_SrTiO3.tif")
     lattice = estimate_lattice(image)

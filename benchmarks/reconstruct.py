@@ -45,7 +45,7 @@ def run_case(size: int, step: int, method: str) -> dict:
     import numpy as np
 
     from stem_ae.model import AEConfig, build_autoencoder
-    from stem_ae.reconstruct import reconstruct
+    from stem_ae.windows import reconstruct
 
     keras.utils.set_random_seed(0)
     model = build_autoencoder(AEConfig())
@@ -132,8 +132,8 @@ def blend_quality(model_name: str = "general") -> list[dict]:
     """PSNR of the two blends through ``denoise`` on simulated scenes never used in training."""
     import numpy as np
 
+    from stem_ae.denoising import denoise
     from stem_ae.model import load_model
-    from stem_ae.reconstruct import denoise
     from stem_ae.simulate import simulate_scene
 
     model = load_model(model_name)

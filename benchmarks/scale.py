@@ -49,8 +49,9 @@ def run_case(size: int, workers: int, use_dask: bool = False) -> dict:
 
     import numpy as np
 
-    import stem_ae.reconstruct as reconstruct_module
-    from stem_ae.reconstruct import TILE, denoise
+    from stem_ae import denoising
+    from stem_ae._tiling import TILE
+    from stem_ae.denoising import denoise
 
     try:
         from stem_ae.model import load_model
@@ -72,7 +73,7 @@ def run_case(size: int, workers: int, use_dask: bool = False) -> dict:
         result = np.empty(image.shape, np.float32)  # tiles are stored straight into it
         da.store(lazy, result, lock=False, scheduler="threads", num_workers=workers)
     else:
-        reconstruct_module.LARGE_IMAGE = min(reconstruct_module.LARGE_IMAGE, size * size - 1)
+        denoising.LARGE_IMAGE = min(denoising.LARGE_IMAGE, size * size - 1)
         result = denoise(image, model=model, workers=workers)
     seconds = time.perf_counter() - start
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2

@@ -1,4 +1,4 @@
-"""Train a recipe (``stem_ae.train.RECIPES``) and report throughput, wall time, peak RSS and error.
+"""Train a recipe (``stem_ae.training.RECIPES``); report throughput, wall time, peak RSS, error.
 
 Usage::
 
@@ -26,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from stem_ae.model import get_config, save_model
-from stem_ae.train import RECIPES, error_metrics, evaluate, make_test_set, train_recipe
+from stem_ae.training import RECIPES, error_metrics, evaluate, make_test_set, train_recipe
 
 
 def peak_rss_mb() -> float:

@@ -6,7 +6,7 @@ Usage (from the repository root)::
     python benchmarks/train_shipped.py paper      # one of them
 
 Each model is trained in its own process by ``benchmarks/train.py`` with the recipe in
-``stem_ae.train.RECIPES`` (architecture, distribution, samples per epoch, epochs, batch size and
+``stem_ae.training.RECIPES`` (architecture, distribution, samples per epoch, epochs, batch size and
 seed), evaluated on 5,000 fresh windows of test seed 2024, saved to ``stem_ae/models/<name>``
 and summarised in ``benchmarks/results/train_<name>.json`` (wall time, samples/s, peak RSS,
 per-epoch loss, test metrics). The same command gives the same weights up to the

@@ -14,8 +14,6 @@ Examples
 from __future__ import annotations
 
 import importlib
-import sys
-import types
 
 from stem_ae._version import __version__
 
@@ -36,14 +34,16 @@ _LAZY = {
     "load_model": "model",
     "available_models": "model",
     "get_config": "model",
-    # train
-    "train": "train",
-    "evaluate": "train",
-    # reconstruct
-    "reconstruct": "reconstruct",
-    "denoise": "reconstruct",
-    "estimate_lattice": "reconstruct",
-    "estimate_period": "reconstruct",
+    # training
+    "train": "training",
+    "evaluate": "training",
+    # lattice
+    "estimate_lattice": "lattice",
+    "estimate_period": "lattice",
+    "measure_lattice": "lattice",
+    # windows, denoising
+    "reconstruct": "windows",
+    "denoise": "denoising",
     # io
     "read_image": "io",
     "write_image": "io",
@@ -63,30 +63,9 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'stem_ae' has no attribute {name!r}")
-    submodule = importlib.import_module(f"stem_ae.{module}")
-    # ``train`` and ``reconstruct`` are submodules too: they stay the (callable) submodule, so
-    # that ``import stem_ae.train as t`` and ``stem_ae.train(config)`` both work.
-    value = submodule if name == module else getattr(submodule, name)
+    value = getattr(importlib.import_module(f"stem_ae.{module}"), name)
     globals()[name] = value
     return value
-
-
-class _CallableModule(types.ModuleType):
-    """A submodule that can also be called as the public function it is named after.
-
-    ``stem_ae.train`` and ``stem_ae.reconstruct`` are both submodules and public functions. Python
-    binds a submodule to the package attribute of the same name the first time it is imported,
-    which would hide the function; making the module callable keeps ``stem_ae.train(config)`` and
-    ``stem_ae.reconstruct(image, model)`` working whichever way the module was first imported.
-    """
-
-    def __call__(self, *args, **kwargs):
-        return getattr(self, self.__name__.rpartition(".")[2])(*args, **kwargs)
-
-
-def _callable_module(name: str) -> None:
-    """Let module ``name`` (e.g. ``"stem_ae.train"``) be called as its namesake function."""
-    sys.modules[name].__class__ = _CallableModule
 
 
 def __dir__() -> list[str]:

@@ -22,7 +22,7 @@ correction removes most of it: on simulated RP-fault scenes at 0.3 Å/px it cut 
 columns from 37 to 10 (of 413) and raised PSNR from 25 to 31 dB at 16 counts/px.
 
 SURE assumes white noise; scan-line offsets (streaks) are correlated along a row, so
-:func:`stem_ae.reconstruct.denoise` never lets the bandwidth drop below a fraction of the lattice
+:func:`stem_ae.denoise` never lets the bandwidth drop below a fraction of the lattice
 spacing. (Removing the streaks from the residual first was tried and rejected: on lattices whose
 rows run along the scan it also removed real structure.)
 """

@@ -96,13 +96,8 @@ def _check_columns(columns: np.ndarray, name: str = "columns") -> np.ndarray:
 
 def _period(image: np.ndarray, pixel_size: float | None) -> float:
     """Lattice period (px) for the column separation, measured with ``estimate_period``."""
-    try:
-        from stem_ae.reconstruct import estimate_period
-    except ImportError as error:  # pragma: no cover - only while reconstruct.py is missing
-        raise ValueError(
-            "cannot measure the lattice period (stem_ae.reconstruct is unavailable); "
-            "pass min_distance in px"
-        ) from error
+    from stem_ae.lattice import estimate_period
+
     try:
         period, _ = estimate_period(image)
     except ValueError as error:
@@ -301,7 +296,7 @@ def find_columns(
     """Find atom columns and locate them to sub-pixel precision.
 
     Local maxima (:func:`skimage.feature.peak_local_max`) at least ``min_distance`` apart — by
-    default 0.38 × the lattice period measured by :func:`stem_ae.reconstruct.estimate_period` —
+    default 0.38 × the lattice period measured by :func:`stem_ae.lattice.estimate_period` —
     are refined by a batched 2-D Gaussian fit (:func:`fit_columns`) on a disc of 0.45 × the
     period. Candidates whose fit fails or whose amplitude is below ``threshold`` × the median
     amplitude are dropped, and candidates that converge onto the same column are merged.
@@ -1447,6 +1442,8 @@ class LatticeFit:
         Fitted site positions ``(y, x)`` px inside the margin.
     matched : ndarray, shape (M,)
         Index into ``columns`` of the column each site kept, −1 for none.
+    kind : ndarray, shape (M,)
+        Index into ``motif`` of each site.
     columns : ndarray, shape (N, 2)
         The columns inside the margin, px.
     n_sites, n_columns, n_matched : int
@@ -1460,6 +1457,7 @@ class LatticeFit:
     nn_distance: float
     sites: np.ndarray
     matched: np.ndarray
+    kind: np.ndarray
     columns: np.ndarray
     n_sites: int
     n_columns: int
@@ -1633,7 +1631,7 @@ def fit_lattice(
     rebase = np.full(len(columns), -1)
     rebase[column_in] = np.arange(n_columns)
     kept = matched[site_in]
-    kept = np.where(kept >= 0, rebase[np.maximum(kept, 0)], -1)
+    kept = np.where(kept >= 0, rebase[kept], -1) if len(columns) else np.full(len(kept), -1)
     return LatticeFit(
         rms=float(np.sqrt(np.mean(distance**2))) if n_matched else float("nan"),
         sites_kept=n_matched / n_sites,
@@ -1642,6 +1640,7 @@ def fit_lattice(
         nn_distance=nn_distance,
         sites=sites[site_in],
         matched=kept,
+        kind=kind[site_in],
         columns=columns[column_in],
         n_sites=n_sites,
         n_columns=n_columns,

@@ -21,10 +21,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+from stem_ae._common import WINDOW
 from stem_ae._version import __version__
 
+_STARTED = time.perf_counter()  # when the command started (start-up is part of what it costs)
+
 PROG = "stem-ae"
-WINDOW = 28  # the auto-encoder window, px (checked again by the library)
 MAX_PIXEL_SIZE = 100.0  # Å/px; coarser than this is not an atomic-resolution image
 EXIT_BAD_INPUT = 2
 SHIPPED_MODELS = ("general", "paper")
@@ -60,14 +62,21 @@ examples:
   # one image; writes a float32 TIFF with the ImageJ calibration in nm (Fiji reads it)
   stem-ae denoise data/Tecnai_Osiris_SrTiO3.tif -o SrTiO3_denoised.tif
 
-  # a DigitalMicrograph file, with the per-pixel spread and an 8-bit PNG preview
+  # a DigitalMicrograph file, with the per-pixel spread and a side-by-side PNG preview
   stem-ae denoise data/REBCO-ROI_raw.dm3 -o REBCO.tif --uncertainty --preview
+
+  # a HyperSpy file (needs HyperSpy): axes, DM tags and the record of processing kept
+  stem-ae denoise data/REBCO-ROI_raw.dm3 -o REBCO.hspy
 
   # many files into a folder, two threads
   mkdir denoised && stem-ae denoise scans/*.dm4 -o denoised/ --workers 2
 
-outputs: OUT (.tif/.tiff/.npy/.png); with --uncertainty OUT_uncertainty.tif; with
---preview OUT.png. Several inputs write <name>_denoised.tif into the folder OUT.
+outputs: OUT (.tif/.tiff/.hspy/.npy/.png); with --uncertainty OUT_uncertainty.tif;
+with --preview OUT.png (raw | denoised | uncertainty, scale bar) and, for a series,
+OUT_frames.png (every frame). Several inputs write <name>_denoised.tif into the
+folder OUT. .tif and .hspy keep the calibration per axis, the frame interval, the
+input's own tags and a record of processing (model and its config hash, step,
+lattice, resampling, input name and sha256, version, date); .npy and .png cannot.
 The lattice is measured from the image, so an uncalibrated or mis-calibrated file
 still works; --pixel-size only overrides the file's calibration (stored in the
 output and cross-checked against the lattice).
@@ -147,7 +156,11 @@ def build_parser() -> argparse.ArgumentParser:
     denoise.add_argument(
         "--uncertainty", action="store_true", help="also write the per-pixel spread"
     )
-    denoise.add_argument("--preview", action="store_true", help="also write an 8-bit PNG")
+    denoise.add_argument(
+        "--preview",
+        action="store_true",
+        help="also write a PNG of raw, denoised and uncertainty side by side",
+    )
     denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     denoise.add_argument(
         "--workers", type=int, metavar="N", help="threads for frame series and large images"
@@ -194,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train an auto-encoder on simulated windows",
-        description="Train an auto-encoder with stem_ae.train.train and save it to a folder.",
+        description="Train an auto-encoder with stem_ae.training.train and save it to a folder.",
         epilog=TRAIN_EPILOG,
         formatter_class=_Formatter,
     )
@@ -220,12 +233,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _check_step(step: int) -> int:
-    if not 1 <= step <= WINDOW:
+    from stem_ae.windows import check_step
+
+    try:
+        return check_step(step)
+    except (TypeError, ValueError):
         raise UsageError(
             f"--step {step} is outside 1..{WINDOW} px — use 2 (the default), "
             f"or up to {WINDOW} for speed."
-        )
-    return step
+        ) from None
 
 
 def _check_pixel_size(pixel_size: float | None, flag: str = "--pixel-size") -> float | None:
@@ -363,6 +379,19 @@ def _side_outputs(output: Path, uncertainty: bool, preview: bool) -> dict[str, P
     return paths
 
 
+def _check_hyperspy(outputs: list[Path]) -> None:
+    """A .hspy output needs HyperSpy: say so before any work."""
+    if not any(output.suffix.lower() == ".hspy" for output in outputs):
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("hyperspy") is None:
+        raise UsageError(
+            "writing .hspy needs HyperSpy, which is not installed — pip install "
+            "'stem_ae[hyperspy]', or write .tif (Fiji, HyperSpy and tifffile read it)."
+        )
+
+
 def _check_pixels(image, path: Path) -> None:
     import numpy as np
 
@@ -386,14 +415,14 @@ def _check_pixels(image, path: Path) -> None:
 
 
 def _measure_lattice(image, path: Path):
-    """The lattice of the image (the mean of up to 8 frames of a series)."""
+    """The lattice of the image (power spectra summed over up to 4 frames, as denoise does)."""
     import numpy as np
 
-    from stem_ae.reconstruct import estimate_lattice
+    from stem_ae.lattice import measure_lattice
 
-    frame = image if image.ndim == 2 else image[: min(8, len(image))].mean(axis=0)
+    frames = image if image.ndim == 2 else image[:: max(1, len(image) // 4)]
     try:
-        return estimate_lattice(np.asarray(frame, np.float64))
+        return measure_lattice(np.asarray(frames, np.float64))
     except ValueError as error:
         raise UsageError(
             f"no crystal lattice found in {path} ({_one_line(error)}) — stem-ae denoises "
@@ -499,8 +528,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
+    from stem_ae.denoising import denoise
     from stem_ae.io import write_image
-    from stem_ae.reconstruct import denoise
 
     try:
         with _filtered_native_stderr():
@@ -715,7 +744,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         import keras
 
         from stem_ae.model import AEConfig, save_model
-        from stem_ae.train import train
+        from stem_ae.training import train
 
     try:
         config = AEConfig.from_json(config_path) if config_path else None

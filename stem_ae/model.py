@@ -5,7 +5,7 @@ The network is a Keras ``Sequential`` of fully connected layers acting on one sq
 decoder → Dense(window²) → Reshape``. Its configuration is a frozen :class:`AEConfig` that is
 saved as ``config.json`` beside ``model.keras``.
 
-Model input convention (shared with :mod:`stem_ae.train` and :mod:`stem_ae.reconstruct`): with
+Model input convention (shared with :mod:`stem_ae.training` and :mod:`stem_ae.windows`): with
 ``normalization="window"`` every noisy window is standardised by its own mean and standard
 deviation (:func:`standardize`); the network maps that to the clean window standardised with the
 *noisy* window's statistics, and :func:`unstandardize` puts the output back into the input's
@@ -29,6 +29,8 @@ from typing import Any
 import keras
 import numpy as np
 from keras import layers
+
+from stem_ae._common import PAPER_SPACING_PX
 
 __all__ = [
     "ACTIVATIONS",
@@ -188,14 +190,13 @@ class AEConfig:
         """Range (px) of the dominant lattice spacing the model was trained on.
 
         Read from ``training["spacing_range"]``; a config without it falls back to the spacing
-        range of the paper distribution (:data:`stem_ae.simulate.PAPER`).
+        range of the paper distribution (:data:`stem_ae.simulate.PAPER`): the paper's dominant
+        spacing, ``a / √2`` of its 9 px SrTiO3 cell.
         """
         if "spacing_range" in self.training:
             low, high = self.training["spacing_range"]
         else:
-            from stem_ae.simulate import PAPER
-
-            low, high = PAPER.spacing_range
+            low = high = PAPER_SPACING_PX
         return float(low), float(high)
 
     @property
@@ -419,7 +420,8 @@ def save_model(model: keras.Model, path: str | os.PathLike) -> Path:
     Parameters
     ----------
     model : keras.Model
-        A model from :func:`build_autoencoder`, :func:`load_model` or :func:`stem_ae.train.train`.
+        A model from :func:`build_autoencoder`, :func:`load_model` or
+        :func:`stem_ae.training.train`.
     path : str or PathLike
         Folder to create (e.g. ``models/my_model``).
 

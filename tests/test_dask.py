@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import importlib
-
 import dask
 import dask.array as da
 import keras
 import numpy as np
 import pytest
 
+from stem_ae import _runner, _tiling, denoising
+from stem_ae.denoising import denoise
 from stem_ae.model import AEConfig, build_autoencoder
-from stem_ae.reconstruct import denoise
-
-reconstruct_module = importlib.import_module("stem_ae.reconstruct")
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +49,9 @@ def test_tiles_equal_the_in_memory_result(model):
 def test_uncertainty_costs_one_pass_per_tile(model, monkeypatch):
     image = _crystal((300, 280), seed=4)
     calls = []
-    block = reconstruct_module._denoise_block
+    block = denoising._denoise_block
     monkeypatch.setattr(
-        reconstruct_module, "_denoise_block", lambda *a, **k: calls.append(1) or block(*a, **k)
+        denoising, "_denoise_block", lambda *a, **k: calls.append(1) or block(*a, **k)
     )
     lazy, lazy_spread = denoise(
         da.from_array(image, chunks=(150, 140)), model=model, return_uncertainty=True
@@ -67,8 +64,8 @@ def test_uncertainty_costs_one_pass_per_tile(model, monkeypatch):
 def test_large_in_memory_image_goes_through_tiles(model, monkeypatch):
     image = _crystal((300, 280), seed=1)
     reference = denoise(image, model=model)
-    monkeypatch.setattr(reconstruct_module, "LARGE_IMAGE", 100 * 100)
-    monkeypatch.setattr(reconstruct_module, "TILE", 128)
+    monkeypatch.setattr(denoising, "LARGE_IMAGE", 100 * 100)
+    monkeypatch.setattr(_tiling, "TILE", 128)
     tiled = denoise(image, model=model, workers=2)
     assert isinstance(tiled, np.ndarray)
     assert np.abs(tiled - reference).max() <= 1e-5 * np.ptp(image)
@@ -117,10 +114,10 @@ def test_nan_in_lazy_array_raises_when_computed(model):
     with pytest.raises(ValueError, match="NaN"):  # eagerly if sampled, else when computed
         denoise(lazy, model=model).compute(scheduler="sync")
     # the tile function itself checks its pixels (NaN outside what was sampled eagerly)
-    plan = reconstruct_module._Plan((256, 128), (256, 128), 0.0, 1.0, 2, "mean", 64)
-    runner = reconstruct_module._Runner(model)
+    plan = denoising._Plan((256, 128), (256, 128), 0.0, 1.0, 2, "mean", 64)
+    runner = _runner.Runner(model)
     with pytest.raises(ValueError, match="NaN"):
-        reconstruct_module._denoise_block(image[:128], (0, 0), plan, runner, False)
+        denoising._denoise_block(image[:128], (0, 0), plan=plan, runner=runner, uncertainty=False)
 
 
 def test_runs_on_a_distributed_local_cluster(model):

@@ -19,7 +19,6 @@ from typing import Any
 import keras
 import numpy as np
 
-from stem_ae import _callable_module
 from stem_ae.model import (
     AEConfig,
     build_autoencoder,
@@ -590,6 +589,3 @@ def evaluate(
         See :func:`error_metrics`.
     """
     return error_metrics(predict_windows(model, noisy, batch_size=batch_size), clean)
-
-
-_callable_module(__name__)

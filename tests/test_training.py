@@ -1,4 +1,4 @@
-"""Tests of stem_ae.train: the streamed dataset, a tiny training run, the error metrics."""
+"""Tests of stem_ae.training: the streamed dataset, a tiny training run, the error metrics."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from stem_ae.model import AEConfig, available_models, build_autoencoder, get_config, load_model
 from stem_ae.simulate import GENERAL, PAPER
-from stem_ae.train import (
+from stem_ae.training import (
     RECIPES,
     WindowStream,
     draw_pool,

@@ -1,0 +1,207 @@
+"""Tests of stem_ae.denoising (``denoise`` in its steps) and stem_ae._resample."""
+
+from __future__ import annotations
+
+import warnings
+
+import keras
+import numpy as np
+import pytest
+
+from stem_ae._resample import resample
+from stem_ae.denoising import denoise
+from stem_ae.lattice import CalibrationWarning, estimate_lattice
+from stem_ae.model import AEConfig, build_autoencoder
+
+WINDOW = 28
+
+
+def _linear_model(kernel: np.ndarray) -> keras.Sequential:
+    """A linear window model ``x -> x @ kernel`` without bias (784 -> 784)."""
+    model = keras.Sequential(
+        [
+            keras.Input((WINDOW, WINDOW)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(WINDOW * WINDOW, use_bias=False),
+            keras.layers.Reshape((WINDOW, WINDOW)),
+        ]
+    )
+    model.layers[1].set_weights([kernel.astype(np.float32)])
+    return model
+
+
+IDENTITY = _linear_model(np.eye(WINDOW * WINDOW))
+MEAN_MODEL = _linear_model(np.full((WINDOW * WINDOW,) * 2, 1.0 / WINDOW**2))
+
+
+@pytest.fixture(scope="module")
+def dense_model():
+    keras.utils.set_random_seed(0)
+    return build_autoencoder(AEConfig(encoder=(64, 32), code=16))
+
+
+def _lattice_image(shape, spacing, angle_deg, kind, rng):
+    """Sum of cosines with the reciprocal vectors of a square/rectangular/hexagonal lattice."""
+    y, x = np.indices(shape, dtype=float)
+    t = np.deg2rad(angle_deg)
+    directions = {"square": [0, 90], "rectangular": [0, 90], "hexagonal": [0, 60, 120]}[kind]
+    ratios = {"square": [1, 1], "rectangular": [1, 0.7], "hexagonal": [1, 1, 1]}[kind]
+    weights = {"square": [1, 1], "rectangular": [1, 0.8], "hexagonal": [1, 1, 1]}[kind]
+    image = np.zeros(shape)
+    for direction, ratio, weight in zip(directions, ratios, weights, strict=True):
+        phi = t + np.deg2rad(direction)
+        g = np.array([-np.sin(phi), np.cos(phi)]) / (spacing * ratio)
+        image += weight * np.cos(2 * np.pi * (g[0] * y + g[1] * x) + rng.uniform(0, 2 * np.pi))
+    return image + 0.5 * rng.standard_normal(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# denoise
+
+
+def test_resampling_round_trip_does_not_shift():
+    rng = np.random.default_rng(0)
+    image = _lattice_image((200, 180), 16.0, 20.0, "square", rng)
+    shape = image.shape
+    scaled = (97, 83)
+    down = resample(image, (0, 0), list(zip(shape, scaled, strict=True)), (0, 0), scaled)
+    up = resample(down, (0, 0), list(zip(scaled, shape, strict=True)), (0, 0), shape)
+    # compare centroids of the cross-correlation peak: no sub-pixel shift
+    spectrum = np.fft.fft2(image) * np.conj(np.fft.fft2(up))
+    correlation = np.fft.fftshift(np.real(np.fft.ifft2(spectrum)))
+    peak = np.unravel_index(np.argmax(correlation), correlation.shape)
+    assert peak == (shape[0] // 2, shape[1] // 2)
+    inner = (slice(20, -20), slice(20, -20))
+    residual = np.abs(up - image)[inner].mean() / image.std()
+    assert residual < 0.5  # only the high frequencies lost at half sampling differ
+
+
+def test_denoise_keeps_shape_dtype_and_units(dense_model):
+    rng = np.random.default_rng(2)
+    image = (_lattice_image((96, 90), 8.0, 10.0, "square", rng) * 100 + 33_000).astype(np.uint16)
+    out, spread = denoise(image, model=dense_model, return_uncertainty=True)
+    assert out.shape == image.shape and out.dtype == np.float32 and spread.dtype == np.float32
+    assert abs(float(np.median(out)) - float(np.median(image))) < 3 * image.std()
+    assert np.all(spread >= 0)
+
+
+def test_denoise_normalisation_round_trip():
+    # an identity model on an image already at the model's sampling returns the image
+    rng = np.random.default_rng(3)
+    image = _lattice_image((80, 80), 6.364, 0.0, "square", rng) * 250 + 33_000
+    out = denoise(image, model=IDENTITY)
+    np.testing.assert_allclose(out, image, atol=1e-3 * np.ptp(image))
+
+
+def test_denoise_warns_on_calibration_mismatch(dense_model):
+    image = _lattice_image((96, 96), 8.0, 0.0, "square", np.random.default_rng(0))
+    with pytest.warns(CalibrationWarning, match="3.905"):
+        denoise(image, model=dense_model, pixel_size=0.3)  # 8 px * 0.3 = 2.4 Å
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        denoise(image, model=dense_model, pixel_size=3.905 / 8)
+        # a perovskite whose two column types look alike shows the centred a/√2 cell
+        denoise(image, model=dense_model, pixel_size=3.905 / np.sqrt(2) / 8)
+
+
+@pytest.mark.parametrize(
+    ("image", "kwargs", "error"),
+    [
+        (np.full((64, 64), np.nan), {}, ValueError),
+        (np.zeros((2, 3, 64, 64)), {}, ValueError),
+        (np.zeros(64), {}, ValueError),
+        (np.zeros((20, 64)), {}, ValueError),
+        (np.zeros((64, 64)), {}, ValueError),  # constant: no lattice
+        (None, {"step": 0}, ValueError),
+        (None, {"step": 29}, ValueError),
+        ((np.zeros((64, 64)) + 1j), {}, TypeError),
+        (None, {"model": 3}, TypeError),
+        ([np.zeros((64, 64)), np.zeros((64, 65))], {}, ValueError),
+    ],
+)
+def test_denoise_rejects_bad_input(dense_model, image, kwargs, error):
+    if image is None:
+        image = _lattice_image((64, 64), 8.0, 0.0, "square", np.random.default_rng(0))
+    kwargs.setdefault("model", dense_model)
+    with pytest.raises(error):
+        denoise(image, **kwargs)
+
+
+def test_denoise_rejects_images_too_small_after_rescaling(dense_model):
+    # spacing 24 px on 96 px: at the model's ~6.4 px sampling it is ~25 px wide
+    image = _lattice_image((96, 96), 24.0, 0.0, "square", np.random.default_rng(0))
+    with pytest.raises(ValueError, match="smaller than the 28 px window"):
+        denoise(image, model=dense_model)
+
+
+def test_denoise_stack_equals_frame_by_frame(dense_model):
+    rng = np.random.default_rng(5)
+    frames = np.stack([_lattice_image((64, 72), 7.0, 5.0, "square", rng) for _ in range(3)])
+    stack = denoise(frames, model=dense_model, workers=2)
+    assert stack.shape == frames.shape
+    single = denoise(frames[1], model=dense_model)
+    # the sampling match and normalisation are measured once per series: close, not equal
+    assert np.abs(stack[1] - single).max() < 0.05 * np.ptp(frames[1])
+
+
+def _second_difference_rms(image: np.ndarray, reciprocal: np.ndarray) -> float:
+    """RMS distance (px) of each column from the midpoint of its two lattice neighbours.
+
+    Second differences along both lattice vectors cancel any smooth distortion (drift, scan
+    shear), so this measures how far columns scatter about a locally fitted lattice.
+    """
+    from stem_ae.analysis import find_columns
+
+    columns = find_columns(image)
+    fractional = columns @ np.linalg.inv(np.linalg.inv(reciprocal).T)
+    fractional -= np.median(fractional - np.rint(fractional), axis=0)
+    index = np.rint(fractional).astype(int)
+    on_lattice = np.abs(fractional - index).max(axis=1) < 0.25  # one sublattice only
+    where = {tuple(k): p for k, p in zip(index[on_lattice], columns[on_lattice], strict=True)}
+    deviations = [
+        p - 0.5 * (where[(i - di, j - dj)] + where[(i + di, j + dj)])
+        for (i, j), p in where.items()
+        for di, dj in ((1, 0), (0, 1))
+        if (i - di, j - dj) in where and (i + di, j + dj) in where
+    ]
+    assert len(deviations) > 100
+    return float(np.sqrt(np.mean(np.sum(np.square(deviations), axis=1))))
+
+
+@pytest.mark.slow
+def test_denoised_srtio3_columns_sit_closer_to_a_lattice(data_dir):
+    tifffile = pytest.importorskip("tifffile")
+    image = tifffile.imread(data_dir / "Tecnai_Osiris_SrTiO3.tif").astype(np.float64)
+    reciprocal = estimate_lattice(image).reciprocal
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", CalibrationWarning)
+        denoised = denoise(image, pixel_size=0.135)  # shipped "general" model
+        network_only = denoise(image, pixel_size=0.135, residual="none")
+    raw = _second_difference_rms(image, reciprocal)
+    # The auto-encoder alone pulls columns onto a lattice; the default adds back the low-passed
+    # residual (data consistency), which keeps less of that regularity but invents less.
+    assert _second_difference_rms(network_only, reciprocal) < 0.8 * raw
+    assert _second_difference_rms(denoised, reciprocal) < 0.98 * raw
+
+
+@pytest.mark.slow
+def test_residual_correction_raises_psnr_and_removes_invented_columns():
+    from stem_ae.analysis import find_columns, match_columns, psnr
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((192, 192), defect="vacancies", pixel_size=0.3, dose=16.0, rng=77)
+    network_only = denoise(scene.noisy, residual="none")
+    corrected = denoise(scene.noisy)  # residual="sure"
+    assert psnr(scene.clean, corrected) > psnr(scene.clean, network_only) + 2
+    assert psnr(scene.clean, corrected) > psnr(scene.clean, scene.noisy) + 1
+    invented = [
+        match_columns(find_columns(image, pixel_size=0.3), scene.columns).n_invented
+        for image in (network_only, corrected)
+    ]
+    assert invented[1] < invented[0]
+
+
+@pytest.mark.parametrize("residual", ["auto", -1.0, float("nan")])
+def test_bad_residual_option_raises(residual):
+    with pytest.raises(ValueError, match="residual"):
+        denoise(np.zeros((64, 64)), residual=residual)

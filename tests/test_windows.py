@@ -1,0 +1,214 @@
+"""Tests of stem_ae.windows: the floating-window reconstruction, its blending and fast path."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stem_ae.model import AEConfig, build_autoencoder
+from stem_ae.windows import blend_weights, iter_tiles, reconstruct
+
+WINDOW = 28
+
+
+def _linear_model(kernel: np.ndarray) -> keras.Sequential:
+    """A linear window model ``x -> x @ kernel`` without bias (784 -> 784)."""
+    model = keras.Sequential(
+        [
+            keras.Input((WINDOW, WINDOW)),
+            keras.layers.Flatten(),
+            keras.layers.Dense(WINDOW * WINDOW, use_bias=False),
+            keras.layers.Reshape((WINDOW, WINDOW)),
+        ]
+    )
+    model.layers[1].set_weights([kernel.astype(np.float32)])
+    return model
+
+
+IDENTITY = _linear_model(np.eye(WINDOW * WINDOW))
+MEAN_MODEL = _linear_model(np.full((WINDOW * WINDOW,) * 2, 1.0 / WINDOW**2))
+
+
+@pytest.fixture(scope="module")
+def dense_model():
+    keras.utils.set_random_seed(0)
+    return build_autoencoder(AEConfig(encoder=(64, 32), code=16))
+
+
+def _lattice_image(shape, spacing, angle_deg, kind, rng):
+    """Sum of cosines with the reciprocal vectors of a square/rectangular/hexagonal lattice."""
+    y, x = np.indices(shape, dtype=float)
+    t = np.deg2rad(angle_deg)
+    directions = {"square": [0, 90], "rectangular": [0, 90], "hexagonal": [0, 60, 120]}[kind]
+    ratios = {"square": [1, 1], "rectangular": [1, 0.7], "hexagonal": [1, 1, 1]}[kind]
+    weights = {"square": [1, 1], "rectangular": [1, 0.8], "hexagonal": [1, 1, 1]}[kind]
+    image = np.zeros(shape)
+    for direction, ratio, weight in zip(directions, ratios, weights, strict=True):
+        phi = t + np.deg2rad(direction)
+        g = np.array([-np.sin(phi), np.cos(phi)]) / (spacing * ratio)
+        image += weight * np.cos(2 * np.pi * (g[0] * y + g[1] * x) + rng.uniform(0, 2 * np.pi))
+    return image + 0.5 * rng.standard_normal(shape)
+
+
+# ---------------------------------------------------------------------------------------------
+# reconstruct
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    step=st.integers(1, 28),
+    height=st.integers(28, 75),
+    width=st.integers(28, 75),
+    blend=st.sampled_from(["mean", "hann"]),
+    seed=st.integers(0, 2**16),
+)
+def test_identity_model_reconstructs_input(step, height, width, blend, seed):
+    image = np.random.default_rng(seed).normal(100.0, 5.0, size=(height, width))
+    out = reconstruct(image, IDENTITY, step=step, blend=blend)
+    assert out.shape == image.shape and out.dtype == np.float32
+    np.testing.assert_allclose(out, image, rtol=0, atol=1e-3)
+
+
+def _analytic_mean_filter(image, step, blend):
+    """Overlap-add of window means as separable matrices A_y @ padded @ A_x.T (independent)."""
+    profile = np.ones(WINDOW)
+    if blend == "hann":
+        profile = 0.1 + 0.9 * np.sin(np.pi * (np.arange(WINDOW) + 0.5) / WINDOW) ** 2
+    operators, pads = [], []
+    for n in image.shape:
+        starts = [t for t in range(-(WINDOW - 1), n) if t % step == 0]
+        pad_before, pad_after = -starts[0], starts[-1] + WINDOW - n
+        size = n + pad_before + pad_after
+        operator = np.zeros((n, size))
+        for p in range(n):
+            covering = [t for t in starts if t <= p < t + WINDOW]
+            norm = sum(profile[p - t] for t in covering)
+            for t in covering:
+                operator[p, t + pad_before : t + pad_before + WINDOW] += (
+                    profile[p - t] / norm / WINDOW
+                )
+        operators.append(operator)
+        pads.append((pad_before, pad_after))
+    padded = np.pad(image, pads, mode="reflect")
+    return operators[0] @ padded @ operators[1].T
+
+
+@pytest.mark.parametrize(("step", "blend"), [(1, "mean"), (3, "hann"), (7, "mean"), (28, "hann")])
+def test_linear_model_equals_analytic_correlation(step, blend):
+    # a linear model without bias with L(1) = 1 is blind to the window standardisation
+    image = np.random.default_rng(step).normal(size=(45, 61)) * 3 + 7
+    out = reconstruct(image, MEAN_MODEL, step=step, blend=blend)
+    np.testing.assert_allclose(out, _analytic_mean_filter(image, step, blend), atol=2e-5)
+
+
+@pytest.mark.parametrize("step", [1, 2, 5, 28])
+@pytest.mark.parametrize("blend", ["mean", "hann"])
+def test_fast_equals_naive(dense_model, step, blend):
+    image = np.random.default_rng(step).normal(size=(57, 66))
+    fast, fast_spread = reconstruct(
+        image, dense_model, step=step, blend=blend, return_uncertainty=True, batch_size=100
+    )
+    naive, naive_spread = reconstruct(
+        image, dense_model, step=step, blend=blend, method="naive", return_uncertainty=True
+    )
+    scale = np.abs(naive).max()
+    assert np.abs(fast - naive).max() <= 1e-4 * scale
+    # the spread is a square root: float32 rounding of d² shows as ~3e-4 |d| near zero
+    assert np.abs(fast_spread - naive_spread).max() <= 2e-3 * np.abs(image).max()
+
+
+def _conv_model() -> keras.Model:
+    """A window model that is not a Dense chain: runs through the generic (gathered) path."""
+    keras.utils.set_random_seed(1)
+    return keras.Sequential(
+        [
+            keras.Input((WINDOW, WINDOW)),
+            keras.layers.Reshape((WINDOW, WINDOW, 1)),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(1, 3, padding="same"),
+            keras.layers.Reshape((WINDOW, WINDOW)),
+        ]
+    )
+
+
+def _variant(kind: str) -> keras.Model:
+    keras.utils.set_random_seed(2)
+    if kind == "sigmoid output":
+        return build_autoencoder(AEConfig(encoder=(32,), code=8, output_activation="sigmoid"))
+    if kind == "raw windows":
+        return build_autoencoder(AEConfig(encoder=(32,), code=8, normalization="none"))
+    if kind == "one layer":
+        return _linear_model(np.random.default_rng(3).normal(size=(WINDOW**2,) * 2) / WINDOW)
+    return _conv_model()
+
+
+@pytest.mark.parametrize("kind", ["sigmoid output", "raw windows", "one layer", "not dense"])
+def test_fast_equals_naive_for_every_model_shape(kind):
+    model = _variant(kind)
+    image = np.random.default_rng(4).normal(size=(50, 61)) * 2 + 5
+    fast = reconstruct(image, model, step=3, batch_size=64)
+    naive = reconstruct(image, model, step=3, method="naive")
+    assert np.abs(fast - naive).max() <= 1e-4 * np.abs(naive).max()
+
+
+def test_fast_is_bit_reproducible(dense_model):
+    # bands run on several threads but are added in order: the same bytes every time
+    image = np.random.default_rng(5).normal(size=(90, 80))
+    first = reconstruct(image, dense_model, step=2, batch_size=50)
+    for _ in range(3):
+        assert reconstruct(image, dense_model, step=2, batch_size=50).tobytes() == first.tobytes()
+
+
+def test_uncertainty_is_the_spread_of_window_predictions():
+    # the mean model predicts each window's mean: a pixel's spread is the spread of the means
+    image = np.zeros((56, 56))
+    image[:, 28:] = 1.0
+    _, spread = reconstruct(image, MEAN_MODEL, step=28, return_uncertainty=True)
+    assert np.abs(spread).max() < 1e-3  # one window per pixel
+    _, spread = reconstruct(image, MEAN_MODEL, step=1, return_uncertainty=True)
+    assert spread[:, 28].mean() > 0.2 and spread[:, 0].max() < spread[:, 28].min()
+
+
+def test_progress_reports_all_windows(dense_model):
+    calls = []
+    reconstruct(np.ones((40, 40)), dense_model, step=4, progress=lambda d, t: calls.append((d, t)))
+    assert calls[-1][0] == calls[-1][1] and len(calls) >= 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"step": 0}, ValueError),
+        ({"step": 29}, ValueError),
+        ({"step": 2.5}, TypeError),
+        ({"method": "slow"}, ValueError),
+        ({"blend": "gauss"}, ValueError),
+    ],
+)
+def test_reconstruct_rejects_bad_arguments(kwargs, error):
+    with pytest.raises(error):
+        reconstruct(np.zeros((40, 40)), IDENTITY, **kwargs)
+
+
+def test_reconstruct_rejects_bad_images():
+    with pytest.raises(ValueError, match="smaller"):
+        reconstruct(np.zeros((27, 40)), IDENTITY)
+    with pytest.raises(ValueError, match="NaN"):
+        reconstruct(np.full((40, 40), np.nan), IDENTITY)
+
+
+def test_blend_weights_are_positive_and_peak_in_the_centre():
+    weights = blend_weights("hann")
+    assert weights.min() > 0 and weights[13, 13] == weights.max()
+    np.testing.assert_array_equal(blend_weights("mean"), 1)
+
+
+def test_iter_tiles_round_trip():
+    image = np.random.default_rng(0).normal(size=(70, 53))
+    out = np.full_like(image, np.nan)
+    for tile, source, target in iter_tiles(image.shape, tile=20, overlap=7):
+        out[target] = image[tile][source]
+    np.testing.assert_array_equal(out, image)
