@@ -74,8 +74,6 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from stem_ae._common import PAPER_PERIOD_PX, WINDOW
-
 __all__ = [
     "GENERAL",
     "PAPER",
@@ -96,10 +94,14 @@ __all__ = [
     "training_batch",
 ]
 
+WINDOW = 28
+"""Side of a training window, px (the paper's 28×28)."""
 MIN_WINDOW = 8
 """Smallest accepted window side, px."""
 MIN_PERIOD = 2.0
 """Smallest accepted lattice period / spacing, px (below it columns are not resolved)."""
+PAPER_PERIOD_PX = 9.0
+"""Sr–Sr period of the paper's SrTiO3 [001] windows, px (about three unit cells per window)."""
 PAPER_SIGMA_PX = 1.0
 """Gaussian column standard deviation of the paper's windows, px."""
 PAPER_TIO_INTENSITY = 0.7
@@ -114,6 +116,14 @@ GAUSS_CUTOFF = 4.0
 """Columns further than this many sigma outside a window are not rendered (exp(-8) ≈ 3e-4)."""
 ROW_GAIN_LENGTH = 16.0
 """Default correlation length (px, along y) of the slow row gain of :class:`NoiseModel`."""
+CONTRASTS = ("bright", "dark")
+"""Contrasts of :func:`simulate_scene`: HAADF-like bright columns, or ABF-like dark ones."""
+DARK_DEPTH = 0.5
+"""Dip of the strongest column below the bright background in a dark-contrast scene (fraction)."""
+DARK_RIM = 0.1
+"""Peak of the bright rim around the strongest column in a dark-contrast scene (fraction)."""
+DARK_RIM_SCALE = 1.5
+"""Rim width in units of the column sigma: the rim peaks at ``1.5·√2·σ ≈ 2.1σ`` from the centre."""
 
 _TINY = 1e-18  # Gaussian rows are floored/zeroed below this (no denormals in the matmul)
 _LOG_TINY = math.log(_TINY)
@@ -726,10 +736,11 @@ def _frame_average(expected, clean, gen, frames, shift_std, order, afterglow):
     """Drift-corrected sum of ``frames`` Poisson frames of one image (H, W) at dose / frames each.
 
     Each frame sees the specimen shifted by a random ``(dy, dx)`` (std ``shift_std`` px; a cubic
-    spline shift of the expected image), is detected (Poisson counts, then the detector
-    ``afterglow``), shifted back by the registration (``ndimage.shift`` of spline ``order`` 1 or
-    3, edges ``nearest``) and added. Returns ``(noisy, clean)``: the counts and their expected
-    value (the same chain applied to ``clean``), float32, in the units of ``expected``.
+    spline shift of the expected image, clipped at 0), is detected (Poisson counts, then the
+    detector ``afterglow``), shifted back by the registration (``ndimage.shift`` of spline
+    ``order`` 1 or 3, edges ``nearest``) and added. Returns ``(noisy, clean)``: the counts and
+    their expected value (the same chain applied to ``clean``), float32, in the units of
+    ``expected``.
     """
     expected = np.asarray(expected, np.float64)
     clean = np.asarray(clean, np.float64)
@@ -737,9 +748,10 @@ def _frame_average(expected, clean, gen, frames, shift_std, order, afterglow):
     mean = np.zeros_like(clean)
     for _ in range(frames):
         shift = gen.standard_normal(2) * shift_std
-        seen = ndimage.shift(expected, shift, order=3, mode="nearest") / frames
-        seen_clean = ndimage.shift(clean, shift, order=3, mode="nearest") / frames
-        counts = gen.poisson(np.maximum(seen, 0.0)).astype(np.float64)
+        # the spline may overshoot below 0 next to sharp columns: intensities are >= 0
+        seen = np.maximum(ndimage.shift(expected, shift, order=3, mode="nearest"), 0.0) / frames
+        seen_clean = np.maximum(ndimage.shift(clean, shift, order=3, mode="nearest"), 0.0) / frames
+        counts = gen.poisson(seen).astype(np.float64)
         if afterglow > 0:
             counts = _afterglow(counts[None], afterglow)[0].astype(np.float64)
             seen_clean = _afterglow(seen_clean[None], afterglow)[0].astype(np.float64)
@@ -1063,6 +1075,38 @@ class TrainingDistribution:
     probability ``blur_probability``, probe blur of sigma uniform in ``blur_range`` × the column
     sigma. The other windows (all when ``dose_range`` is None) get ``snr_noise`` noise at an SNR
     log-uniform in ``snr_range``. ``clean`` is returned in the units of ``noisy``.
+
+    Optional, all off by default (so :data:`PAPER` and :data:`GENERAL` draw the same bytes as
+    before these fields existed), for a distribution closer to real images; the correlated noise
+    of :class:`NoiseModel` goes to Poisson windows only and needs ``dose_range``:
+
+    * drift-corrected frame averages in a fraction ``frames_probability`` of the Poisson windows:
+      an integer number of frames uniform in ``frames_range``, shift std uniform in
+      ``frame_shift_range`` px (linear registration);
+    * detector afterglow in a fraction ``afterglow_probability``: decay length uniform in
+      ``afterglow_range`` px along x;
+    * scan streaks: per-row offsets of std uniform in ``row_offset_rel_range`` × the window's mean
+      signal, and a slow row gain of std uniform in ``row_gain_range`` (correlation length
+      ``row_gain_length`` px);
+    * a fraction ``clean_fraction`` of windows with no noise at all (``noisy == clean``), beside
+      the nearly clean ones that a high dose gives (``dose_range`` may reach 1000 counts/px and
+      go down to 0.5);
+    * dark contrast (ABF-like, as ``simulate_scene(contrast="dark")``) in a fraction
+      ``dark_fraction`` of windows: ``1 − depth · window + rim · rims`` with ``depth`` uniform in
+      ``dark_depth_range`` and the rim peak in ``dark_rim_range`` (instead of the background).
+
+    Weak columns come from ``intensity_range`` (e.g. ``(0.1, 1.0)``).
+
+    >>> real = TrainingDistribution.from_dict({**GENERAL.to_dict(), "name": "real",
+    ...     "dose_range": (0.5, 1000.0), "intensity_range": (0.1, 1.0),
+    ...     "frames_probability": 0.3, "frames_range": (2, 10), "frame_shift_range": (0.2, 1.0),
+    ...     "afterglow_probability": 0.3, "afterglow_range": (0.3, 2.0),
+    ...     "row_offset_rel_range": (0.0, 0.03), "row_gain_range": (0.0, 0.02),
+    ...     "clean_fraction": 0.05, "dark_fraction": 0.2, "dark_depth_range": (0.2, 0.6),
+    ...     "dark_rim_range": (0.0, 0.15)})
+    >>> noisy, clean = training_batch(64, rng=0, distribution=real)
+    >>> noisy.shape, bool(np.isfinite(noisy).all())
+    ((64, 28, 28), True)
     """
 
     name: str = "custom"
@@ -1093,6 +1137,18 @@ class TrainingDistribution:
     row_jitter_range: tuple[float, float] = (0.0, 0.0)
     blur_probability: float = 0.0
     blur_range: tuple[float, float] = (0.0, 0.0)
+    frames_probability: float = 0.0
+    frames_range: tuple[int, int] = (1, 1)
+    frame_shift_range: tuple[float, float] = (0.0, 0.0)
+    afterglow_probability: float = 0.0
+    afterglow_range: tuple[float, float] = (0.0, 0.0)
+    row_offset_rel_range: tuple[float, float] = (0.0, 0.0)
+    row_gain_range: tuple[float, float] = (0.0, 0.0)
+    row_gain_length: float = ROW_GAIN_LENGTH
+    clean_fraction: float = 0.0
+    dark_fraction: float = 0.0
+    dark_depth_range: tuple[float, float] = (DARK_DEPTH, DARK_DEPTH)
+    dark_rim_range: tuple[float, float] = (DARK_RIM, DARK_RIM)
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -1121,10 +1177,32 @@ class TrainingDistribution:
         _check_range("sigma_range", self.sigma_range, 1e-3, 1.0)
         _check_range("aspect_range", self.aspect_range, 1e-2)
         _check_range("angle_range", self.angle_range, -math.inf)
-        for name in ("disorder_fraction", "uniform_fraction", "blur_probability"):
+        fractions = ("disorder_fraction", "uniform_fraction", "blur_probability")
+        more = ("frames_probability", "afterglow_probability", "clean_fraction", "dark_fraction")
+        for name in (*fractions, *more):
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {v!r}")
+        lo_f, hi_f = self.frames_range
+        if int(lo_f) != lo_f or int(hi_f) != hi_f or not 1 <= lo_f <= hi_f:
+            raise ValueError(
+                f"frames_range must be ints with 1 <= low <= high, got {self.frames_range!r}"
+            )
+        for name in ("frame_shift_range", "afterglow_range", "row_offset_rel_range"):
+            _check_range(name, getattr(self, name), 0.0)
+        _check_range("row_gain_range", self.row_gain_range, 0.0)
+        _check_positive("row_gain_length", self.row_gain_length)
+        _check_range("dark_depth_range", self.dark_depth_range, 1e-3, 1.0)
+        _check_range("dark_rim_range", self.dark_rim_range, 0.0)
+        if self.dose_range is None:
+            correlated = ("frames_probability", "afterglow_probability")
+            on = [name for name in correlated if getattr(self, name) > 0]
+            on += [name for name in ("row_offset_rel_range", "row_gain_range")
+                   if getattr(self, name) != (0.0, 0.0)]  # fmt: skip
+            if on:
+                raise ValueError(
+                    f"{', '.join(on)} need Poisson windows: set dose_range (counts/px) too"
+                )
         _check_range("vacancy_range", self.vacancy_range, 0.0, 1.0)
         _check_range("displacement_range", self.displacement_range, 0.0)
         _check_range("background_range", self.background_range, 0.0)
@@ -1153,6 +1231,8 @@ class TrainingDistribution:
             and self.disorder_fraction == 0.0
             and self.dose_range is None
             and self.background_range == (0.0, 0.0)
+            and self.clean_fraction == 0.0
+            and self.dark_fraction == 0.0
         )
 
     def to_dict(self) -> dict:
@@ -1477,11 +1557,15 @@ def _general_chunk(n, gen, window, dist):
     clean = _render_windows(pos, inten, sig_eff, window)
     peak = clean.max(axis=(1, 2), keepdims=True)
     clean /= np.where(peak > 0, peak, 1.0)
+    bright = clean
     bg = gen.uniform(*dist.background_range, size=n).astype(np.float32)
     clean = clean * (1 - bg[:, None, None]) + bg[:, None, None]
+    if dist.dark_fraction > 0:
+        clean = _dark_windows(clean, bright, pos, inten, sig_eff, peak, window, gen, dist)
     snr = _log_uniform(gen, *dist.snr_range, size=n)
     if not use_dose:
-        return _apply_noise(clean, gen, snr=snr, snr_noise=dist.snr_noise)
+        noisy, clean = _apply_noise(clean, gen, snr=snr, snr_noise=dist.snr_noise)
+        return _keep_clean_windows(noisy, clean, gen, dist.clean_fraction)
     uniform = gen.random(n) < dist.uniform_fraction
     dose = _log_uniform(gen, *dist.dose_range, size=n)
     root = np.sqrt(dose)
@@ -1489,6 +1573,7 @@ def _general_chunk(n, gen, window, dist):
     offs = gen.uniform(*dist.row_offset_range, size=n) * root
     jitter = gen.uniform(*dist.row_jitter_range, size=n)
     dose = np.where(uniform, 0.0, dose)
+    correlated = _draw_correlated_noise(n, gen, dist, uniform)
     noisy, clean = _apply_noise(
         clean,
         gen,
@@ -1498,7 +1583,69 @@ def _general_chunk(n, gen, window, dist):
         read_noise=np.where(uniform, 0.0, read),
         row_offset=np.where(uniform, 0.0, offs),
         row_jitter=np.where(uniform, 0.0, jitter),
+        **correlated,
     )
+    return _keep_clean_windows(noisy, clean, gen, dist.clean_fraction)
+
+
+def _draw_correlated_noise(n, gen, dist, uniform) -> dict:
+    """Per-window correlated-noise parameters of ``dist`` (none drawn when all are off)."""
+    out: dict[str, Any] = {}
+    dosed = ~uniform
+    if dist.frames_probability > 0:
+        on = (gen.random(n) < dist.frames_probability) & dosed
+        lo, hi = dist.frames_range
+        out["frames"] = np.where(on, gen.integers(lo, hi + 1, size=n), 1)
+        out["frame_shift"] = np.where(on, gen.uniform(*dist.frame_shift_range, size=n), 0.0)
+    if dist.afterglow_probability > 0:
+        on = (gen.random(n) < dist.afterglow_probability) & dosed
+        out["afterglow"] = np.where(on, gen.uniform(*dist.afterglow_range, size=n), 0.0)
+    if dist.row_offset_rel_range != (0.0, 0.0):
+        out["row_offset_rel"] = np.where(dosed, gen.uniform(*dist.row_offset_rel_range, size=n), 0)
+    if dist.row_gain_range != (0.0, 0.0):
+        out["row_gain"] = np.where(dosed, gen.uniform(*dist.row_gain_range, size=n), 0.0)
+        out["row_gain_length"] = dist.row_gain_length
+    return out
+
+
+def _dark_windows(clean, bright, pos, inten, sigma, peak, window, gen, dist):
+    """Turn a fraction ``dist.dark_fraction`` of the windows into dark contrast (ABF-like).
+
+    ``1 − depth · bright + rim · rims``: ``bright`` the window normalised to peak 1 (before the
+    background), ``rims`` the columns' bright rims (as :func:`simulate_scene`) on the same scale,
+    depth and rim uniform in ``dark_depth_range`` and ``dark_rim_range``; clipped at 0.
+    """
+    dark = np.flatnonzero(gen.random(len(clean)) < dist.dark_fraction)
+    if not len(dark):
+        return clean
+    depth = gen.uniform(*dist.dark_depth_range, size=len(dark)).astype(np.float32)
+    rim = gen.uniform(*dist.dark_rim_range, size=len(dark)).astype(np.float32)
+    rims = _render_window_rims(pos[dark], inten[dark], DARK_RIM_SCALE * sigma[dark], window)
+    rims /= np.where(peak[dark] > 0, peak[dark], 1.0)
+    out = clean.copy()
+    out[dark] = 1.0 - depth[:, None, None] * bright[dark] + rim[:, None, None] * rims
+    np.maximum(out, 0.0, out=out)
+    return out
+
+
+def _render_window_rims(pos, inten, sigma, window):
+    """Rims ``e·(ρ²/2s²)·exp(−ρ²/2s²)`` per column, (n, K, 2) positions -> (n, window, window)."""
+    c = np.float32((window - 1) / 2.0)
+    p = np.arange(window, dtype=np.float32)
+    cy, cx = pos[..., 0] + c, pos[..., 1] + c
+    s2 = (2 * np.asarray(sigma, np.float32) ** 2)[:, None, None]
+    ty = (p[None, None, :] - cy[..., None]) ** 2 / s2
+    tx = (p[None, None, :] - cx[..., None]) ** 2 / s2
+    gy = np.exp(-ty) * (np.float32(math.e) * inten[..., None])
+    gx = np.exp(-tx)
+    return np.matmul((ty * gy).transpose(0, 2, 1), gx) + np.matmul(gy.transpose(0, 2, 1), tx * gx)
+
+
+def _keep_clean_windows(noisy, clean, gen, fraction):
+    """A fraction of windows without any noise (the network learns to pass clean data)."""
+    if fraction > 0:
+        keep = gen.random(len(noisy)) < fraction
+        noisy[keep] = clean[keep]
     return noisy, clean
 
 
@@ -1543,14 +1690,6 @@ RP_ELONGATION = 0.08
 """Peak elongation of the cells next to a Ruddlesden–Popper fault (perpendicular to the plane)."""
 RP_DECAY_CELLS = 1.0
 """Decay length of the RP elongation, in unit cells."""
-CONTRASTS = ("bright", "dark")
-"""Contrasts of :func:`simulate_scene`: HAADF-like bright columns, or ABF-like dark ones."""
-DARK_DEPTH = 0.5
-"""Dip of the strongest column below the bright background in a dark-contrast scene (fraction)."""
-DARK_RIM = 0.1
-"""Peak of the bright rim around the strongest column in a dark-contrast scene (fraction)."""
-DARK_RIM_SCALE = 1.5
-"""Rim width in units of the column sigma: the rim peaks at ``1.5·√2·σ ≈ 2.1σ`` from the centre."""
 
 
 @dataclass(frozen=True, eq=False)

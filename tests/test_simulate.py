@@ -772,3 +772,90 @@ def test_mixed_scene_explicit_labels_and_determinism():
 def test_bad_mixed_scene_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sim.simulate_mixed_scene((64, 64), rng=0, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------
+# training distribution closer to real images
+# ------------------------------------------------------------------------------------------------
+
+REALISTIC = TrainingDistribution.from_dict(
+    {
+        **GENERAL.to_dict(),
+        "name": "realistic",
+        "dose_range": [0.5, 1000.0],
+        "intensity_range": [0.1, 1.0],
+        "uniform_fraction": 0.0,
+        "frames_probability": 0.3,
+        "frames_range": [2, 10],
+        "frame_shift_range": [0.2, 1.0],
+        "afterglow_probability": 0.3,
+        "afterglow_range": [0.5, 2.0],
+        "row_offset_rel_range": [0.0, 0.03],
+        "row_gain_range": [0.0, 0.02],
+        "clean_fraction": 0.1,
+        "dark_fraction": 0.25,
+        "dark_depth_range": [0.2, 0.6],
+        "dark_rim_range": [0.0, 0.15],
+    }
+)
+
+
+@pytest.fixture(scope="module")
+def realistic_batch():
+    return training_batch(1500, rng=21, distribution=REALISTIC)
+
+
+def test_realistic_distribution_round_trips_and_is_deterministic():
+    again = TrainingDistribution.from_dict(json.loads(json.dumps(REALISTIC.to_dict())))
+    assert again == REALISTIC
+    a = training_batch(100, rng=3, distribution=REALISTIC)
+    b = training_batch(100, rng=3, distribution=again)
+    assert a[0].tobytes() == b[0].tobytes() and a[1].tobytes() == b[1].tobytes()
+    assert not REALISTIC.is_paper
+
+
+def test_realistic_distribution_spans_the_doses_and_keeps_some_windows_clean(realistic_batch):
+    noisy, clean = realistic_batch
+    assert np.isfinite(noisy).all() and (clean >= 0).all()
+    untouched = (noisy == clean).all(axis=(1, 2))
+    assert untouched.mean() == pytest.approx(0.1, abs=0.03)
+    means = clean.mean(axis=(1, 2))
+    assert means.min() < 2.0 and means.max() > 300.0  # doses from 0.5 to 1000 counts/px
+
+
+def test_realistic_distribution_draws_dark_windows(realistic_batch):
+    _, clean = realistic_batch
+    top = clean.max(axis=(1, 2))
+    dark = np.median(clean, axis=(1, 2)) > 0.75 * top  # a bright background, dark columns
+    assert dark.mean() == pytest.approx(0.25, abs=0.05)
+    assert (clean[dark].min(axis=(1, 2)) < 0.85 * top[dark]).all()
+
+
+def test_realistic_distribution_correlates_the_noise(realistic_batch):
+    noisy, clean = realistic_batch
+    noise = (noisy - clean).astype(np.float64)
+    noise -= noise.mean(axis=2, keepdims=True)
+    lag1 = (noise[:, :, 1:] * noise[:, :, :-1]).mean(axis=(1, 2)) / (noise.var(axis=(1, 2)) + 1e-12)
+    white_noisy, white_clean = training_batch(300, rng=21, distribution=GENERAL)
+    white = (white_noisy - white_clean).astype(np.float64)
+    white -= white.mean(axis=2, keepdims=True)
+    white_lag1 = (white[:, :, 1:] * white[:, :, :-1]).mean(axis=(1, 2)) / (
+        white.var(axis=(1, 2)) + 1e-12
+    )
+    assert np.mean(lag1 > 0.3) > 0.2  # afterglow and frame averages
+    assert np.mean(white_lag1 > 0.3) < 0.05
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"frames_range": (0, 2)}, r"frames_range must be ints with 1 <= low <= high"),
+        ({"frames_probability": 1.5}, r"frames_probability must be in \[0, 1\]"),
+        ({"dark_depth_range": (0.2, 1.5)}, r"dark_depth_range must satisfy"),
+        ({"dose_range": None, "afterglow_probability": 0.5}, r"afterglow_probability need"),
+        ({"dose_range": None, "row_gain_range": (0.0, 0.1)}, r"row_gain_range need .*dose_range"),
+    ],
+)
+def test_bad_realistic_fields_raise(changes, match):
+    with pytest.raises(ValueError, match=match):
+        dataclasses.replace(GENERAL, **changes)
