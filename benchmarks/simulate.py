@@ -11,7 +11,9 @@ again, after one warm-up batch (which builds the PAPER lookup tables, ~0.1 s). W
 aggregate rate is reported (the windows stay in the workers, as in a multi-worker data loader).
 Windows per CPU-second (``time.process_time``) are printed too: on a machine busy with other
 work they show what the wall-clock rate would be on an idle core. Peak RSS is
-``resource.getrusage`` of this process (and of the workers, in their own line).
+``resource.getrusage`` of this process (and of the workers, in their own line). ``--scene N``
+times one N×N ground-truth scene of each kind: HAADF with defects, ABF-like, 8 drift-corrected
+frames, afterglow with streaks, and a mixed crystal/grain/amorphous/vacuum scene.
 """
 
 from __future__ import annotations
@@ -30,7 +32,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stem_ae.simulate import GENERAL, PAPER, simulate_scene, training_batch
+from stem_ae.simulate import (
+    GENERAL,
+    PAPER,
+    NoiseModel,
+    simulate_mixed_scene,
+    simulate_scene,
+    training_batch,
+)
 
 DISTRIBUTIONS = {"paper": PAPER, "general": GENERAL}
 
@@ -78,7 +87,7 @@ def main(argv=None) -> int:
     p.add_argument("--n-general", type=int, default=40_000, help="GENERAL windows (default 40000)")
     p.add_argument("--batch", type=int, default=1024, help="windows per training_batch call")
     p.add_argument("--workers", type=int, default=2, help="processes for the parallel run (1: off)")
-    p.add_argument("--scene", type=int, default=1024, help="side of the timed scene, px (0: off)")
+    p.add_argument("--scene", type=int, default=1024, help="side of the timed scenes, px (0: off)")
     p.add_argument("--json", type=Path, default=None, help="also write the figures to this file")
     args = p.parse_args(argv)
 
@@ -105,11 +114,38 @@ def main(argv=None) -> int:
             print(f"  {name.upper():8s} {args.workers} processes: {rate:12,.0f} windows/s  "
                   f"({done:,} in {seconds:.2f} s; worker peak RSS {rss:.0f} MiB)")  # fmt: skip
     if args.scene:
-        t0 = time.perf_counter()
-        simulate_scene((args.scene, args.scene), defect=["rp", "vacancies", "strain"], rng=0)
-        seconds = time.perf_counter() - t0
-        results["scene_seconds"] = seconds
-        print(f"  scene {args.scene}×{args.scene} (rp + vacancies + strain): {seconds:.2f} s")
+        side = (args.scene, args.scene)
+        defects = ["rp", "vacancies", "strain"]
+        scenes = {
+            "scene": (
+                "rp + vacancies + strain",
+                lambda: simulate_scene(side, defect=defects, rng=0),
+            ),
+            "scene_dark": (
+                "ABF-like, rp + vacancies + strain",
+                lambda: simulate_scene(side, defect=defects, contrast="dark", rng=0),
+            ),
+            "scene_frames": (
+                "8 drift-corrected frames",
+                lambda: simulate_scene(side, noise=NoiseModel(frames=8, frame_shift=0.5), rng=0),
+            ),
+            "scene_afterglow": (
+                "afterglow 1.5 px, streaks",
+                lambda: simulate_scene(
+                    side, noise=NoiseModel(afterglow=1.5, row_offset_rel=0.03), rng=0
+                ),
+            ),
+            "scene_mixed": (
+                "crystal + grain + amorphous + vacuum",
+                lambda: simulate_mixed_scene(side, rng=0),
+            ),
+        }
+        for key, (label, make) in scenes.items():
+            t0 = time.perf_counter()
+            make()
+            seconds = time.perf_counter() - t0
+            results[f"{key}_seconds"] = seconds
+            print(f"  scene {args.scene}×{args.scene} ({label}): {seconds:.2f} s")
     rss = peak_rss_mib()
     results["peak_rss_mib"] = rss
     print(f"  peak RSS (this process): {rss:.0f} MiB")
