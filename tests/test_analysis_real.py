@@ -56,6 +56,9 @@ def test_fit_lattice_of_the_true_columns_is_exact_despite_strain():
     assert fit.sites_kept == 1.0
     assert fit.invented == 0.0
     assert fit.radius == pytest.approx(LATTICE_MATCH_FRACTION * fit.nn_distance)
+    # both sublattices (Sr and Ti-O) are sites, in equal numbers
+    counts = np.bincount(fit.kind, minlength=len(motif))
+    assert len(counts) == 2 and abs(counts[0] - counts[1]) <= 0.1 * counts.sum()
 
 
 def test_fit_lattice_rms_measures_column_jitter(srtio3):
