@@ -74,6 +74,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from stem_ae._common import PAPER_PERIOD_PX, WINDOW
+
 __all__ = [
     "GENERAL",
     "PAPER",
@@ -94,14 +96,10 @@ __all__ = [
     "training_batch",
 ]
 
-WINDOW = 28
-"""Side of a training window, px (the paper's 28×28)."""
 MIN_WINDOW = 8
 """Smallest accepted window side, px."""
 MIN_PERIOD = 2.0
 """Smallest accepted lattice period / spacing, px (below it columns are not resolved)."""
-PAPER_PERIOD_PX = 9.0
-"""Sr–Sr period of the paper's SrTiO3 [001] windows, px (about three unit cells per window)."""
 PAPER_SIGMA_PX = 1.0
 """Gaussian column standard deviation of the paper's windows, px."""
 PAPER_TIO_INTENSITY = 0.7
