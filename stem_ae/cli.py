@@ -469,6 +469,86 @@ def _format_shape(shape: Sequence[int]) -> str:
     return "×".join(str(n) for n in shape)
 
 
+def _non_square(pixel_yx) -> bool:
+    return bool(pixel_yx) and abs(pixel_yx[0] - pixel_yx[1]) > 1e-3 * pixel_yx[1]
+
+
+def _pixel_yx_text(pixel_yx, source: str | None) -> str:
+    if pixel_yx is None or not _non_square(pixel_yx):
+        return _pixel_text(None if pixel_yx is None else pixel_yx[1], source)
+    return f"y {pixel_yx[0]:.4g}, x {pixel_yx[1]:.4g} Å/px ({source})"
+
+
+def _spacings_text(lattice, pixel_size: float | None) -> str:
+    """The two primitive plane spacings, px (and Å with a calibration)."""
+    first, second = lattice.spacings
+    text = f"{first:.2f} and {second:.2f} px"
+    if pixel_size:
+        text += f" ({first * pixel_size:.3g} and {second * pixel_size:.3g} Å)"
+    return text
+
+
+def _resampling_factor(lattice, model) -> float:
+    """The magnification denoise applies to bring this lattice to the model's sampling."""
+    from stem_ae.denoising import _scale_factor
+    from stem_ae.model import get_config
+
+    return float(_scale_factor(lattice, *get_config(model).spacing_range))
+
+
+def _record(source: Path, model, step: int, lattice, pixel_yx, args) -> dict:
+    from stem_ae.io import processing_record
+
+    return processing_record(
+        "stem_ae.denoise",
+        model=model,
+        step=step,
+        contrast=getattr(args, "contrast", None),
+        lattice=lattice,
+        resampling_factor=_resampling_factor(lattice, model),
+        pixel_size=pixel_yx,
+        source=source,
+        command="stem-ae denoise",
+    )
+
+
+def _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args) -> None:
+    """Every output of one input: denoised, uncertainty, preview and, for a series, frames."""
+    from stem_ae.io import write_image
+
+    common = {
+        "pixel_size": pixel_yx,
+        "frame_interval": meta.frame_interval,
+        "original_metadata": meta.original_metadata,
+        "overwrite": args.overwrite,
+    }
+    write_image(plan["denoised"], denoised, record=record, **common)
+    if spread is not None:
+        spread_record = {**record, "output": "uncertainty"}
+        write_image(plan["uncertainty"], spread, record=spread_record, **common)
+    if "preview" not in plan:
+        return
+    from stem_ae.plotting import plot_contact_sheet, plot_preview, save_figure
+
+    frames = f" — frame 0 of {meta.n_frames}" if meta.n_frames > 1 else ""
+    figure = plot_preview(
+        image if image.ndim == 2 else image[0],
+        denoised if denoised.ndim == 2 else denoised[0],
+        None if spread is None else (spread if spread.ndim == 2 else spread[0]),
+        pixel_size=pixel_yx,
+        title=f"{meta.path.name}{frames}",
+    )
+    save_figure(figure, plan["preview"].with_suffix(""), formats=("png",))
+    if "frames" in plan:
+        sheet = plot_contact_sheet(
+            denoised,
+            pixel_size=pixel_yx,
+            frame_interval=meta.frame_interval,
+            title=f"{meta.path.name}, denoised",
+        )
+        save_figure(sheet, plan["frames"].with_suffix(""), formats=("png",))
+
+
 def _pixel_text(pixel_size: float | None, source: str | None) -> str:
     if pixel_size is None:
         return "uncalibrated"
@@ -511,6 +591,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         targets = [output]
     plans = [_side_outputs(target, args.uncertainty, args.preview) for target in targets]
     _check_outputs([p for plan in plans for p in plan.values()], inputs, args.overwrite)
+    _check_hyperspy([p for plan in plans for p in plan.values()])
 
     # Read and check every input before any work: a bad file fails the run up front. Pixels
     # are kept for the denoising pass up to a memory budget, and read again beyond it.
@@ -522,6 +603,23 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         lattice = _measure_lattice(image, source)
         kept_bytes += image.nbytes
         images.append((image if kept_bytes <= _KEEP_BYTES else None, meta, lattice))
+    if args.preview:  # a series also gets every frame on a contact sheet
+        sheets = []
+        for (_, meta, _), plan in zip(images, plans, strict=True):
+            if meta.n_frames > 1:
+                preview = plan["preview"]
+                plan["frames"] = preview.with_name(f"{preview.stem}_frames.png")
+                sheets.append(plan["frames"])
+        _check_outputs(sheets, inputs, args.overwrite)
+    notes = []
+    for plan in plans:
+        suffix = plan["denoised"].suffix.lower()
+        if suffix == ".png":
+            notes.append(
+                f"{plan['denoised']} will be an 8-bit display stretch: the measured intensities "
+                f"and the calibration are lost — write .tif or .hspy for analysis (--preview "
+                f"adds a PNG beside it)."
+            )
     options = {}
     if lattice_constant is not None:
         options["lattice_constant"] = lattice_constant or None
@@ -529,7 +627,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from stem_ae.denoising import denoise
-    from stem_ae.io import write_image
 
     try:
         with _filtered_native_stderr():
@@ -544,23 +641,42 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             )
         ) from None
 
-    bar = tqdm(total=len(inputs), unit="file", disable=None, dynamic_ncols=True, leave=False)
+    for note in notes:
+        print(f"{PROG}: warning: {note}", file=sys.stderr)
+    loaded = time.perf_counter()
+    bar = tqdm(
+        total=100 * len(inputs),
+        disable=None,
+        dynamic_ncols=True,
+        leave=False,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    )
     with bar:
         for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):
             started = time.perf_counter()
-            bar.set_description(meta.path.name)
+            count = f" ({index + 1}/{len(inputs)})" if len(inputs) > 1 else ""
+            bar.set_description(f"{meta.path.name}{count}")
             images[index] = None  # let each input go once it is done
             if image is None:
                 image, _ = _read(meta.path)
 
             def progress(done: int, total: int, _index: int = index) -> None:
-                bar.n = _index + done / max(total, 1)
+                bar.n = int(100 * (_index + min(done, total) / max(total, 1)))
                 bar.refresh()
 
-            used = pixel_size if pixel_size is not None else meta.pixel_size
+            pixel_yx = (pixel_size, pixel_size) if pixel_size is not None else meta.pixel_size_yx
+            used = None if pixel_yx is None else pixel_yx[1]
             source_text = "--pixel-size" if pixel_size is not None else meta.pixel_size_source
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
+                if pixel_size is not None and _non_square(meta.pixel_size_yx):
+                    warnings.warn(
+                        f"the file's pixels are not square (y {meta.pixel_size_yx[0]:.4g}, x "
+                        f"{meta.pixel_size_yx[1]:.4g} Å/px); --pixel-size {pixel_size:g} sets "
+                        f"both axes.",
+                        UserWarning,
+                        stacklevel=1,
+                    )
                 result = denoise(
                     image,
                     pixel_size=used,
@@ -571,31 +687,57 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                     progress=progress,
                     **options,
                 )
-            denoised, spread = result if args.uncertainty else (result, None)
-            write_image(plan["denoised"], denoised, pixel_size=used, overwrite=args.overwrite)
-            if spread is not None:
-                write_image(plan["uncertainty"], spread, pixel_size=used, overwrite=args.overwrite)
-            if "preview" in plan:
-                first = denoised if denoised.ndim == 2 else denoised[0]
-                write_image(plan["preview"], first, overwrite=args.overwrite)
-            bar.n = index + 1
+                denoised, spread = result if args.uncertainty else (result, None)
+                record = _record(meta.path, model, step, lattice, pixel_yx, args)
+                _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args)
+            bar.n = 100 * (index + 1)
             bar.refresh()
             elapsed = time.perf_counter() - started
-            period = lattice.dominant_spacing
-            in_angstrom = f" = {period * used:.3g} Å" if used else ""
             extra = ", ".join(str(p) for key, p in plan.items() if key != "denoised")
             bar.write(
                 f"{meta.path} -> {plan['denoised']}: {_format_shape(meta.shape)} {meta.dtype}, "
-                f"pixel size {_pixel_text(used, source_text)}, period "
-                f"{period:.2f} px{in_angstrom} at {lattice.dominant_angle:.1f}°, model "
-                f"{model_name}, step {step}, {elapsed:.1f} s" + (f" (+ {extra})" if extra else "")
+                f"pixel size {_pixel_yx_text(pixel_yx, source_text)}, lattice "
+                f"{_spacings_text(lattice, used)}, model {model_name}, step {step}, "
+                f"resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
+                + (f" (+ {extra})" if extra else "")
             )
             for warning in caught:
                 text = _one_line(warning.message)
                 if "lattice_constant" in text:
                     text += " (stem-ae: --lattice-constant Å, or 0 to switch this check off.)"
                 bar.write(f"{PROG}: warning: {meta.path}: {text}", sys.stderr)
+    now = time.perf_counter()
+    print(
+        f"{len(inputs)} file{'s' if len(inputs) > 1 else ''} denoised in {now - loaded:.1f} s; "
+        f"{now - _STARTED:.1f} s in all, with {loaded - _STARTED:.1f} s for start-up, checks "
+        f"and loading the model."
+    )
     return 0
+
+
+def _count_tags(tree) -> int:
+    if isinstance(tree, dict):
+        return sum(_count_tags(value) for value in tree.values())
+    return 1
+
+
+def _reflection_order(lattice) -> str:
+    """Miller-like indices ``(h k)`` of the strongest reflection on the measured basis, so that
+    a spacing that is neither plane spacing (a higher order) reads as what it is."""
+    import numpy as np
+
+    angle = math.radians(lattice.dominant_angle)
+    g = np.array([-math.sin(angle), math.cos(angle)]) / lattice.dominant_spacing  # (y, x), 1/px
+    try:
+        hk = np.linalg.solve(np.asarray(lattice.reciprocal, float).T, g)
+    except np.linalg.LinAlgError:
+        return ""
+    if not np.allclose(hk, np.round(hk), atol=0.1):
+        return ""
+    h, k = (int(v) for v in np.round(hk))
+    if h < 0 or (h == 0 and k < 0):
+        h, k = -h, -k
+    return f"({h} {k})"
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
@@ -624,6 +766,24 @@ def _cmd_info(args: argparse.Namespace) -> int:
     ):
         pixel += f"; y {meta.pixel_size_yx[0]:.4g} Å/px"
     lines.append(("pixel size", pixel))
+    if meta.frame_interval is not None:
+        lines.append(("frame time", f"{meta.frame_interval:.6g} s"))
+    if meta.original_metadata:
+        groups = ", ".join(sorted(meta.original_metadata))
+        lines.append(("tags", f"{groups} ({_count_tags(meta.original_metadata)} values)"))
+    if meta.processing:
+        record = meta.processing
+        model = record.get("model") or {}
+        source = (record.get("input") or {}).get("name")
+        lines.append(
+            (
+                "processed",
+                f"{record.get('function')} ({record.get('software')} {record.get('version')}), "
+                f"model {model.get('name')}, step {(record.get('parameters') or {}).get('step')}"
+                + (f", from {source}" if source else "")
+                + f", {record.get('date')}",
+            )
+        )
     if min(meta.shape[-2:]) < WINDOW or not finite.all() or data.min() == data.max():
         lines.append(("lattice", "not measured (image too small, constant or not finite)"))
     else:
@@ -637,14 +797,16 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 f"{s:.2f} px" + (f" ({s * scale:.3g} Å)" if scale else "") for s in lattice.spacings
             )
             angles = ", ".join(f"{a:.1f}°" for a in lattice.angles)
+            lines.append(("lattice", f"plane spacings {spacings}; directions {angles}"))
+            order = _reflection_order(lattice)
             lines.append(
                 (
-                    "period",
+                    "strongest",
+                    f"reflection{' ' + order if order else ''}: "
                     f"{lattice.dominant_spacing:.2f} px at {lattice.dominant_angle:.1f}°"
                     + (f" = {lattice.dominant_spacing * scale:.3g} Å" if scale else ""),
                 )
             )
-            lines.append(("lattice", f"plane spacings {spacings}; directions {angles}"))
     width = max(len(key) for key, _ in lines)
     for key, value in lines:
         print(f"{key:<{width}}  {value}")

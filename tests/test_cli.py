@@ -268,10 +268,10 @@ def test_denoise_real_tiff_writes_calibrated_tiff_and_keeps_existing_output(tmp_
     out = tmp_path / "out.tif"
     result = run("denoise", TIFF, "-o", out, "--model", tiny_model, "--step", 4)
     assert result.returncode == 0, result.stderr
-    line = result.stdout.strip()
-    assert len(line.splitlines()) == 1
+    line, summary = result.stdout.strip().splitlines()
     assert "512×512 uint16" in line and "0.1352 Å/px (ImageJ TIFF calibration" in line
-    assert "period 25." in line and "step 4" in line
+    assert "lattice 25." in line and "step 4" in line
+    assert "1 file denoised in" in summary and "s in all, with" in summary
     with tifffile.TiffFile(out) as tif:
         assert tif.is_imagej and tif.imagej_metadata["unit"] == "nm"
         denoised = tif.asarray()
@@ -302,14 +302,15 @@ def test_denoise_many_files_into_a_folder(tmp_path, tiny_model):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     lines = result.stdout.strip().splitlines()
-    assert len(lines) == 3
+    assert len(lines) == 4 and "3 files denoised in" in lines[3]
     assert "128×128 uint16" in lines[0] and "pixel size 0.2 Å/px (--pixel-size)" in lines[0]
     assert "3×64×80 float64" in lines[2]
     names = sorted(p.name for p in out.iterdir())
     for stem in ("REBCO-ROI_raw", "Tecnai_Osiris_SrTiO3", "series"):
         assert {f"{stem}_denoised.tif", f"{stem}_denoised_uncertainty.tif"} <= set(names)
         assert f"{stem}_denoised.png" in names
-    assert len(names) == 9
+    assert "series_denoised_frames.png" in names  # a series also gets a contact sheet
+    assert len(names) == 10
     series = tifffile.imread(out / "series_denoised.tif")
     spread = tifffile.imread(out / "series_denoised_uncertainty.tif")
     assert series.shape == spread.shape == (3, 64, 80)
@@ -331,7 +332,9 @@ def test_info_on_real_files():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "512×512" in out and "uint16" in out and "0.1352 Å/px" in out
-    assert "period" in out and "25." in out
+    assert "plane spacings 25." in out
+    assert "strongest   reflection (1 0): 25." in out  # named by its order on the lattice
+    assert "period" not in out
     result = run("info", DM3)
     assert result.returncode == 0 and "128×128" in result.stdout and "0.5408 Å/px" in result.stdout
 
@@ -388,3 +391,80 @@ def test_train_bad_arguments(tmp_path):
         run("train", "--out", tmp_path / "m", "--config", tmp_path / "none.json"), "none.json"
     )
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# what the outputs keep: calibration per axis, frame interval, tags, record of processing
+
+
+def test_series_with_non_square_pixels_keeps_calibration_time_and_record(tmp_path, tiny_model):
+    from stem_ae.io import read_image, write_image
+
+    frames = np.stack([_lattice_image((64, 80), period=6.0) * (1 + k) for k in range(3)])
+    frames += np.random.default_rng(0).normal(0, 0.2, frames.shape)
+    source = write_image(tmp_path / "series.tif", frames, pixel_size=(0.3, 0.2), frame_interval=0.5)
+    out = tmp_path / "out.tif"
+    result = run(
+        "denoise", source, "-o", out, "--model", tiny_model, "--step", 7, "--uncertainty",
+        "--preview", "--lattice-constant", 0,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "pixel size y 0.3, x 0.2 Å/px" in result.stdout
+    assert "resampled x" in result.stdout
+    _, meta = read_image(out)
+    assert meta.pixel_size_yx == pytest.approx((0.3, 0.2), rel=1e-6)  # defect 1
+    assert meta.frame_interval == pytest.approx(0.5)
+    record = meta.processing
+    assert record["function"] == "stem_ae.denoise" and record["output"] == "denoised"
+    assert record["input"] == {
+        "name": "series.tif",
+        "sha256": hashlib.sha256(source.read_bytes()).hexdigest(),
+    }
+    config = json.loads((tiny_model / "config.json").read_text())
+    canonical = json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    assert record["model"]["config_sha256"] == hashlib.sha256(canonical).hexdigest()
+    assert record["parameters"]["step"] == 7
+    assert record["resampling_factor"] > 0
+    assert len(record["lattice"]["spacings_px"]) == 2
+    assert record["pixel_size_yx_angstrom"] == pytest.approx([0.3, 0.2])
+    _, spread_meta = read_image(tmp_path / "out_uncertainty.tif")
+    assert spread_meta.processing["output"] == "uncertainty"
+    assert {"out.png", "out_frames.png"} <= {p.name for p in tmp_path.iterdir()}
+
+
+def test_dm3_to_hspy_keeps_axes_dm_tags_and_record(tmp_path, tiny_model):
+    import hyperspy.api as hs
+
+    out = tmp_path / "out.hspy"
+    result = run("denoise", DM3, "-o", out, "--model", tiny_model, "--step", 7)
+    assert result.returncode == 0, result.stderr
+    signal = hs.load(out)
+    x_axis = signal.axes_manager.signal_axes[0]
+    assert x_axis.units == "nm" and x_axis.scale == pytest.approx(0.054082, rel=1e-4)
+    assert len(signal.original_metadata.DigitalMicrograph.as_dictionary()) > 100
+    assert signal.metadata.Processing.stem_ae.input.name == "REBCO-ROI_raw.dm3"
+
+
+def test_png_output_warns_that_the_data_are_lost(tmp_path, tiny_model):
+    out = tmp_path / "out.png"
+    result = run("denoise", DM3, "-o", out, "--model", tiny_model, "--step", 7)
+    assert result.returncode == 0, result.stderr
+    assert "stem-ae: warning:" in result.stderr and "8-bit" in result.stderr
+    assert "write .tif or .hspy" in result.stderr
+    assert out.is_file()
+
+
+def test_hspy_output_without_hyperspy_fails_before_any_work(work):
+    code = (  # HyperSpy made unimportable, as when it is not installed
+        "import sys; sys.modules['hyperspy'] = None; "
+        "from stem_ae.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "denoise", "lattice.npy", "-o", "out.hspy"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        check=False,
+    )
+    assert_bad_input(result, "HyperSpy", "stem_ae[hyperspy]")
+    assert not (work / "out.hspy").exists()
