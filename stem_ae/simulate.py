@@ -1700,13 +1700,16 @@ class Scene:
     unstrained lattice in px (before rotation), ``metadata`` the defects and their parameters.
 
     ``metadata`` keys: ``defect`` (list or None), ``lattice`` (preset name), ``pixel_size``,
-    ``angle``, ``sigma_px``, ``background``, ``noise`` (``NoiseModel.to_dict()``),
+    ``angle``, ``sigma_px``, ``background``, ``noise`` (``NoiseModel.to_dict()``), ``contrast``
+    (``"bright"`` or ``"dark"``; with ``"dark"`` also ``dark``: ``depth``, ``rim``, ``rim_scale``),
     ``reference_columns`` (the columns before the strain field is applied, same order as
     ``columns``); with ``"rp"``: ``rp`` (``fault_point``, ``fault_normal``, ``fault_direction``,
     ``fault_x`` (None unless the plane is vertical), shifts, and ``elongation`` with its
     ``amplitude``, ``decay_length_px`` and profile formula: see :func:`rp_elongation_profile`);
     with ``"vacancies"``: ``vacancies`` (``fraction``, removed ``positions`` and ``types``); with a
     strain field: ``strain`` (parameters for :func:`strain_displacement`/:func:`strain_tensor`).
+    Scenes of :func:`simulate_mixed_scene` add ``regions`` (the true region of every pixel and a
+    crystal mask), ``column_region``, ``amorphous``, ``grain`` and ``vacuum_level``.
     """
 
     clean: np.ndarray
