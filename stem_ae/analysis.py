@@ -15,6 +15,7 @@ so a positive rotation is counter-clockwise as seen on the screen.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -436,6 +437,12 @@ def assign_sublattices(
     of the four nearest neighbours votes too, with weight ``neighbour_weight``. This corrects
     columns whose intensity alone is ambiguous (noise, a vacancy-thinned column).
 
+    Two sublattices are only reported when the data show them: the intensities must split into
+    two well separated groups (Otsu's between-class share of the variance at least
+    :data:`MIN_SUBLATTICE_SEPARATION`) *and* neighbours must alternate (correlation of a
+    column's score with its four neighbours' mean at most :data:`MAX_NEIGHBOUR_CORRELATION`).
+    Columns all on one lattice (e.g. only the Sr columns found, 1 a apart) get one type.
+
     Parameters
     ----------
     image : ndarray, shape (H, W)
@@ -450,7 +457,13 @@ def assign_sublattices(
     Returns
     -------
     types : ndarray of int, shape (N,)
-        0 for the brighter sublattice (Sr), 1 for the other (Ti–O).
+        0 for the brighter sublattice (Sr), 1 for the other (Ti–O); all 0 when the columns form
+        one lattice.
+
+    Warns
+    -----
+    UserWarning
+        When the columns form one lattice (all types 0), saying why.
 
     Examples
     --------
@@ -481,9 +494,37 @@ def assign_sublattices(
     thr = threshold_otsu(intensity)
     spread = np.std(intensity) + 1e-12
     score = (intensity - thr) / spread
-    vote = -np.mean(score[idx[:, 1:]], axis=1)
-    combined = score + neighbour_weight * vote
+    neighbours = np.mean(score[idx[:, 1:]], axis=1)
+    low, high = intensity[intensity < thr], intensity[intensity >= thr]
+    separation = (
+        len(low) * len(high) / len(intensity) ** 2 * (high.mean() - low.mean()) ** 2
+    ) / np.var(intensity)
+    alternation = float(np.corrcoef(score, neighbours)[0, 1]) if np.std(neighbours) else 1.0
+    if separation < MIN_SUBLATTICE_SEPARATION or not alternation <= MAX_NEIGHBOUR_CORRELATION:
+        warnings.warn(
+            f"assign_sublattices sees one lattice, not two: neighbouring columns do not "
+            f"alternate in intensity (correlation {alternation:+.2f}, two sublattices give "
+            f"<= {MAX_NEIGHBOUR_CORRELATION}) or the intensities do not split in two "
+            f"(separation {separation:.2f} < {MIN_SUBLATTICE_SEPARATION}); every column gets "
+            f"type 0. Lower find_columns' threshold if the weaker columns were missed.",
+            UserWarning,
+            stacklevel=2,
+        )
+        return np.zeros(len(columns), dtype=np.int64)
+    combined = score - neighbour_weight * neighbours
     return np.where(combined >= 0, 0, 1).astype(np.int64)
+
+
+MIN_SUBLATTICE_SEPARATION = 0.75
+"""Least share of the column intensities' variance between Otsu's two classes for
+:func:`assign_sublattices` to report two sublattices (a single normal population gives 2/π ≈ 0.64;
+simulated SrTiO3 at dose 4–100 gives 0.90–1.0)."""
+
+MAX_NEIGHBOUR_CORRELATION = -0.5
+"""Largest correlation of a column's intensity score with its four nearest neighbours' mean for
+:func:`assign_sublattices` to report two sublattices (SrTiO3 along [001]: −0.80 to −0.92 on
+simulated scenes; one lattice: about 0 on a simulated hexagonal lattice, +0.62 on the denoised
+Tecnai SrTiO3 image whose columns found are all Sr)."""
 
 
 def _disc_mean(image: np.ndarray, columns: np.ndarray, radius: float) -> np.ndarray:
@@ -682,6 +723,45 @@ def _local_vectors(
     return out, central
 
 
+REFERENCE_LATTICE_CONSTANT = 3.905
+"""Default ``lattice_constant`` (Å) of the ``pixel_size`` checks of :func:`lattice_map` and
+:func:`elongation_profile`: SrTiO3, as :data:`stem_ae.denoising.REFERENCE_LATTICE_CONSTANT`."""
+
+
+def _check_calibration_of(
+    function: str,
+    spacings_px: np.ndarray,
+    pixel_size: float | None,
+    lattice_constant: float | None,
+) -> None:
+    """Warn when ``pixel_size`` puts no measured spacing within 10 % of the lattice constant."""
+    if pixel_size is None or lattice_constant is None:
+        return
+    if not (np.isfinite(lattice_constant) and lattice_constant > 0):
+        raise ValueError(
+            f"lattice_constant must be a positive number of Å or None; got {lattice_constant}"
+        )
+    from stem_ae.lattice import CalibrationWarning
+
+    spacings = [float(s) for s in np.atleast_1d(spacings_px) if np.isfinite(s) and s > 0]
+    if not spacings:
+        return
+    measured = [s * pixel_size for s in spacings]
+    expected = (lattice_constant, lattice_constant / np.sqrt(2.0))
+    if any(abs(m / e - 1.0) <= 0.10 for m in measured for e in expected):
+        return
+    implied = lattice_constant / spacings[0]
+    warnings.warn(
+        f"{function}: pixel_size={pixel_size:g} Å/px makes the lattice spacing "
+        f"{' and '.join(f'{m:.3f}' for m in measured)} Å, more than 10 % from lattice_constant="
+        f"{lattice_constant:g} Å (that would need {implied:.4f} Å/px) — pass this image's "
+        f"calibration (read_image(path)[1].pixel_size), or lattice_constant=None for another "
+        f"crystal.",
+        CalibrationWarning,
+        stacklevel=3,
+    )
+
+
 def lattice_map(
     columns: np.ndarray,
     *,
@@ -689,6 +769,7 @@ def lattice_map(
     reference: np.ndarray | tuple[float, float, float, float] | None = None,
     vectors: np.ndarray | None = None,
     tolerance: float = 0.3,
+    lattice_constant: float | None = REFERENCE_LATTICE_CONSTANT,
 ) -> LatticeMap:
     """Map the local lattice parameters and the strain at every column.
 
@@ -711,10 +792,20 @@ def lattice_map(
         Global lattice vectors (dy, dx) px to match; default measured from the columns.
     tolerance : float
         Matching radius as a fraction of the shorter global vector.
+    lattice_constant : float or None
+        Å; with ``pixel_size``, the median ``a`` or ``b`` must be within 10 % of it (or of
+        ``lattice_constant / √2``), as :func:`stem_ae.denoise` checks; default 3.905 Å
+        (SrTiO3). None switches the check off (other crystals).
 
     Returns
     -------
     LatticeMap
+
+    Warns
+    -----
+    stem_ae.lattice.CalibrationWarning
+        When ``pixel_size`` makes the lattice more than 10 % off ``lattice_constant``: most
+        likely a pixel size copied from another image or a simulated scene.
 
     Examples
     --------
@@ -734,6 +825,9 @@ def lattice_map(
     tol = tolerance * float(np.min(np.hypot(*vectors.T)))
     local, central = _local_vectors(columns, vectors, tol)
     lengths = np.hypot(local[..., 0], local[..., 1])
+    _check_calibration_of(
+        "lattice_map", np.nanmedian(lengths, axis=1), pixel_size, lattice_constant
+    )
     scale = 1.0 if pixel_size is None else pixel_size
     xy = _to_xy(local)  # (2, N, 2)
     cosang = np.sum(xy[0] * xy[1], axis=1) / (lengths[0] * lengths[1])
@@ -842,6 +936,7 @@ def elongation_profile(
     reference_spacing: float | None = None,
     reference_distance: float | None = None,
     bin_width: float | None = None,
+    lattice_constant: float | None = None,
 ) -> ElongationProfile:
     """Local cell elongation perpendicular to a planar fault against the distance from it.
 
@@ -874,10 +969,24 @@ def elongation_profile(
         px; default a third of the largest distance of a column from the fault.
     bin_width : float, optional
         px; default half the plane spacing along the normal.
+    lattice_constant : float or None
+        Å; with ``pixel_size``, the lattice vector along the normal must be within 10 % of it
+        (or of ``lattice_constant / √2``), as in :func:`lattice_map` (e.g. 3.905 for SrTiO3).
+        None (default): no check.
 
     Returns
     -------
     ElongationProfile
+
+    Raises
+    ------
+    ValueError
+        If the fault line does not pass between the columns (all on one side of it).
+
+    Warns
+    -----
+    stem_ae.lattice.CalibrationWarning
+        When ``pixel_size`` disagrees with ``lattice_constant``.
 
     Examples
     --------
@@ -897,6 +1006,14 @@ def elongation_profile(
     if normal.shape != (2,) or np.hypot(*normal) == 0:
         raise ValueError(f"fault_normal must be a non-zero (dy, dx) vector; got {fault_normal}")
     normal = normal / np.hypot(*normal)
+    side = (columns - np.asarray(fault_point, dtype=np.float64)) @ normal
+    if not (side.min() < 0 < side.max()):
+        raise ValueError(
+            f"the fault line through {tuple(float(v) for v in fault_point)} (y, x) px with normal "
+            f"{tuple(float(v) for v in normal)} does not pass between the columns (they lie "
+            f"{side.min():.1f} to {side.max():.1f} px from it) — give the fault position in "
+            f"this image's px."
+        )
     if vectors is None:
         vectors = lattice_vectors(columns)
     vectors = np.asarray(vectors, dtype=np.float64)
@@ -914,6 +1031,7 @@ def elongation_profile(
     proj = (columns[bonds[:, 1]] - columns[bonds[:, 0]]) @ normal
     mid = 0.5 * (columns[bonds[:, 0]] + columns[bonds[:, 1]])
     dist = (mid - np.asarray(fault_point, dtype=np.float64)) @ normal
+    _check_calibration_of("elongation_profile", [float(np.hypot(*g))], pixel_size, lattice_constant)
     if reference_spacing is None:
         if reference_distance is None:
             reference_distance = np.max(np.abs((columns - fault_point) @ normal)) / 3.0
