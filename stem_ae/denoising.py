@@ -137,9 +137,11 @@ def denoise(
 
     Parameters
     ----------
-    image : ndarray or dask.array.Array, shape (H, W) or (frames, H, W)
+    image : ndarray, dask.array.Array or hyperspy Signal2D, shape (H, W) or (frames, H, W)
         Any real dtype and intensity units. A list of equally shaped frames is stacked.
         Images larger than 4096² px are processed in overlapping tiles (bounded memory).
+        A HyperSpy ``Signal2D`` (an image, or a stack with one navigation axis) gives
+        ``Signal2D`` results (see Returns); its calibration is the default ``pixel_size``.
     pixel_size : float, optional
         Calibration, Å/px; only cross-checked against the measured lattice (a
         :class:`CalibrationWarning` when no measured spacing is within 10 % of
@@ -183,6 +185,10 @@ def denoise(
     spread : same type and shape, float32
         Only with ``return_uncertainty``.
 
+    For a ``Signal2D`` input both are ``Signal2D`` with its axes (scale, units, offset),
+    metadata and original metadata, and the record of processing
+    (:func:`stem_ae.io.processing_record`) under ``metadata.Processing.stem_ae``.
+
     Raises
     ------
     ValueError
@@ -200,6 +206,13 @@ def denoise(
     ((128, 128), dtype('float32'), True)
     """
 
+    from stem_ae import _hyperspy
+
+    signal = None
+    if _hyperspy.is_signal2d(image):  # HyperSpy in, HyperSpy out
+        signal, (image, signal_info) = image, _hyperspy.from_signal(image)
+        if pixel_size is None and signal_info["pixel_size"] is not None:
+            pixel_size = signal_info["pixel_size"][1]
     image, lazy = _check_input(image)
     model = _resolve_model(model)
     step = check_step(step, model_window_and_normalization(model)[0])
@@ -234,6 +247,19 @@ def denoise(
             denoised, spread = block(image, (0, 0), progress=progress)
         else:
             denoised, spread = run_frames(image, block, return_uncertainty, workers, progress)
+    if signal is not None:
+        from stem_ae.io import processing_record
+
+        record = processing_record(
+            model=model,
+            step=step,
+            lattice=plan.lattice,
+            resampling_factor=plan.scaled[-1] / plan.shape[-1],
+            pixel_size=signal_info["pixel_size"],
+        )
+        return _hyperspy.signal_result(
+            signal, denoised, spread if return_uncertainty else None, record=record
+        )
     return (denoised, spread) if return_uncertainty else denoised
 
 

@@ -127,3 +127,52 @@ def test_make_signal_round_trips_through_hspy(tmp_path):
     assert loaded.axes_manager.signal_axes[1].scale == pytest.approx(0.03)
     assert loaded.metadata.Processing.stem_ae.parameters.step == 3
     assert loaded.original_metadata.Velox.Scan.FrameTime == "0.1"
+
+
+# --------------------------------------------------------------------------------------------
+# stem_ae.denoise with a Signal2D
+
+
+def _scene_signal(frames: int = 0) -> hs.signals.Signal2D:
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((96, 96), pixel_size=0.3905, dose=20.0, rng=0)
+    data = scene.noisy if not frames else np.stack([scene.noisy] * frames)
+    signal = hs.signals.Signal2D(data.astype(np.float32))
+    for axis in signal.axes_manager.signal_axes:
+        axis.scale, axis.units, axis.offset = 0.03905, "nm", 0.5
+    signal.metadata.General.title = "scene"
+    return signal
+
+
+def test_denoise_of_a_signal_is_a_signal_with_its_axes_and_the_record():
+    from stem_ae import denoise
+
+    signal = _scene_signal()
+    denoised, spread = denoise(signal, step=4, return_uncertainty=True)
+    assert is_signal2d(denoised) and is_signal2d(spread)
+    for output in (denoised, spread):
+        for new, old in zip(
+            output.axes_manager.signal_axes, signal.axes_manager.signal_axes, strict=True
+        ):
+            assert (new.scale, new.units, new.offset) == (old.scale, old.units, old.offset)
+    record = denoised.metadata.Processing.stem_ae.as_dictionary()
+    assert record["function"] == "stem_ae.denoise" and record["parameters"]["step"] == 4
+    assert record["pixel_size_yx_angstrom"] == pytest.approx([0.3905, 0.3905])
+    assert record["resampling_factor"] > 0 and len(record["lattice"]["spacings_px"]) == 2
+    assert spread.metadata.Processing.stem_ae.output == "uncertainty"
+    assert denoised.metadata.General.title == "scene (denoised)"
+    assert np.std(denoised.data) < np.std(signal.data)
+    assert "Processing" not in signal.metadata
+
+
+def test_denoise_of_a_stack_signal_keeps_the_navigation_axis():
+    from stem_ae import denoise
+
+    signal = _scene_signal(frames=2)
+    time = signal.axes_manager.navigation_axes[0]
+    time.scale, time.units = 0.5, "s"
+    denoised = denoise(signal, step=7)
+    assert denoised.data.shape == (2, 96, 96)
+    assert denoised.axes_manager.navigation_axes[0].scale == 0.5
+    assert denoised.axes_manager.navigation_axes[0].units == "s"
