@@ -376,7 +376,8 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
         "every site. **lattice removed**: power of `raw − output` at the lattice reflections "
         "over the raw image's (method noise; 0 is best). **streak left**: scan-row (k_x = 0) "
         "power of the output over the raw's (lower removes more row noise). **s**: seconds on "
-        "the scored crop. Details: the docstring of `benchmarks/real.py`.",
+        "the scored crop. Every method runs on the scored region (the crop), not on the whole "
+        "image. Details: the docstring of `benchmarks/real.py`.",
         "",
         "## Images",
         "",
@@ -460,12 +461,16 @@ def main(argv=None) -> int:
             full_times[image.name] = time_full_image(image, log)
     elapsed = time.perf_counter() - started
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # GiB (Linux: KiB)
+    rss_child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024**2
     command = "python benchmarks/real.py" + (" " + " ".join(argv or sys.argv[1:])).rstrip()
     write_csv(rows, out / "real.csv")
     write_markdown(rows, images, full_times, out / "real.md", command, elapsed, rss)
     plot_montage(montage, out / "real_montage.png")
     print(f"wrote {out / 'real.md'}, real.csv, real_montage.png")
-    print(f"total wall time {elapsed:.1f} s; peak RSS {rss:.2f} GiB")
+    print(
+        f"total wall time {elapsed:.1f} s; peak RSS {rss:.2f} GiB "
+        f"(whole-image timing subprocess: {rss_child:.2f} GiB)"
+    )
     return 0
 
 
