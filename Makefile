@@ -17,11 +17,12 @@ export PYTHONHASHSEED := 0
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9][0-9]_*.ipynb))
 CI_PARAMS := notebooks/params/ci.yaml
 
-.PHONY: help install test test-fast lint format figures benchmarks clean
+.PHONY: help install test test-fast test-napari lint format figures benchmarks clean
 
 help:
 	@echo "make figures   set up, then regenerate every figure into figures/"
 	@echo "make test      set up, then run all tests (unit, doctests, notebooks at smoke size)"
+	@echo "make test-napari  the napari widget in a headless viewer (own venv: build/venv-napari)"
 	@echo "make lint      ruff check + ruff format --check"
 	@echo "make benchmarks  run benchmarks/*.py (prints ratios and peak RSS)"
 
@@ -39,6 +40,24 @@ test: install build/ci/.prepared
 
 test-fast: install
 	$(PY) -m pytest tests stem_ae -m "not slow and not notebook" -p no:cacheprovider
+
+# The napari widget: napari + Qt take ~20 s to install, but napari's pytest plugin (loaded by
+# every pytest run once installed) breaks the warnings-as-errors suite, so they live in their own
+# environment. `make test` checks the manifest only (tests/test_napari.py).
+NAPARI_VENV := build/venv-napari
+NAPARI_STAMP := $(NAPARI_VENV)/.stamp-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
+
+$(NAPARI_STAMP): setup.cfg pyproject.toml
+	test -x $(NAPARI_VENV)/bin/python || $(PYTHON_BOOT) -m venv $(NAPARI_VENV)
+	$(NAPARI_VENV)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(NAPARI_VENV)/bin/python -m pip install --quiet -e '.[dev,napari]' 'pytest-qt>=4.4'
+	rm -f $(NAPARI_VENV)/.stamp-*
+	touch $@
+
+# -W: napari's own pytest plugin (make_napari_viewer) warns on import (pydantic deprecations).
+test-napari: $(NAPARI_STAMP)
+	QT_QPA_PLATFORM=offscreen $(NAPARI_VENV)/bin/python -m pytest tests/test_napari.py \
+	  tests/test_napari_widget.py -p no:cacheprovider -W ignore::DeprecationWarning
 
 # Notebooks at smoke size: papermill injects notebooks/params/ci.yaml without executing
 # (--prepare-only); nbval then executes them as tests (in file order: 01 ... 05).

@@ -1,0 +1,122 @@
+"""The napari widget's work, without napari: an image layer's data in, new layers' data out."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def denoise_layer_data(
+    data: Any,
+    *,
+    name: str = "image",
+    scale: Sequence[float] | None = None,
+    translate: Sequence[float] | None = None,
+    step: int = 2,
+    model: Any = "general",
+    contrast: str | None = None,
+    uncertainty: bool = False,
+    source: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[tuple[np.ndarray, dict, str]]:
+    """Denoise an image layer's data and describe the layers to add (napari ``LayerDataTuple``).
+
+    Parameters
+    ----------
+    data : array-like, shape (H, W) or (frames, H, W)
+        The selected image layer's data (a series is denoised frame by frame).
+    name : str
+        The layer's name: the new layers are ``"<name> denoised"`` and ``"<name> uncertainty"``.
+    scale, translate : sequence of float, optional
+        The layer's scale and translate (world units per px, e.g. nm), given to the new layers
+        so that they overlay the input exactly.
+    step : int
+        Window step, px.
+    model : str, path or keras.Model
+        ``"general"``, ``"paper"``, a model folder or a loaded model.
+    contrast : {"auto", "bright", "dark"}, optional
+        Passed on to :func:`stem_ae.denoise` when it takes ``contrast``; recorded either way.
+    uncertainty : bool
+        Also return the per-pixel spread as a second layer.
+    source : str, optional
+        The file the layer was read from, for the record of processing.
+    progress : callable (done, total) -> None, optional
+        Forwarded to :func:`stem_ae.denoise`.
+
+    Returns
+    -------
+    list of (ndarray, dict, str)
+        ``(data, keyword arguments, "image")`` per new layer; the keyword arguments hold
+        ``name``, ``scale``, ``translate``, ``colormap`` and ``metadata["stem_ae"]``, the record
+        of processing (:func:`stem_ae.io.processing_record`).
+
+    Raises
+    ------
+    ValueError
+        If the data are not 2-D or 3-D, or anything :func:`stem_ae.denoise` refuses.
+    """
+    import inspect
+
+    from stem_ae import denoise, estimate_lattice
+    from stem_ae.io import processing_record
+
+    array = np.asarray(data)
+    if array.ndim not in (2, 3):
+        raise ValueError(
+            f"layer {name!r} has shape {array.shape}; select a 2-D image or a (frames, H, W) "
+            f"series."
+        )
+    options: dict = {}
+    if contrast is not None and "contrast" in inspect.signature(denoise).parameters:
+        options["contrast"] = contrast
+    result = denoise(
+        array,
+        step=step,
+        model=model,
+        return_uncertainty=uncertainty,
+        progress=progress,
+        **options,
+    )
+    denoised, spread = result if uncertainty else (result, None)
+    frame = array if array.ndim == 2 else array[: min(4, len(array))].mean(axis=0)
+    try:
+        lattice = estimate_lattice(np.asarray(frame, np.float64))
+    except ValueError:
+        lattice = None
+    record = processing_record(
+        "stem_ae.denoise",
+        model=model,
+        step=step,
+        contrast=contrast,
+        lattice=lattice,
+        source=source,
+        command="napari: Denoise (stem_ae)",
+    )
+    common: dict = {}
+    if scale is not None:
+        common["scale"] = tuple(float(v) for v in scale)
+    if translate is not None:
+        common["translate"] = tuple(float(v) for v in translate)
+    layers = [
+        (
+            denoised,
+            {**common, "name": f"{name} denoised", "metadata": {"stem_ae": record}},
+            "image",
+        )
+    ]
+    if spread is not None:
+        layers.append(
+            (
+                spread,
+                {
+                    **common,
+                    "name": f"{name} uncertainty",
+                    "colormap": "magma",
+                    "metadata": {"stem_ae": {**record, "output": "uncertainty"}},
+                },
+                "image",
+            )
+        )
+    return layers
