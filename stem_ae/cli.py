@@ -974,6 +974,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.handler(args)
     except UsageError as error:
         message = _one_line(error)
+    except ImportError as error:
+        if (error.name or "").split(".")[0] not in ("tensorflow", "keras"):
+            raise
+        message = (
+            f"TensorFlow, the backend of Keras, is not installed ({_one_line(error)}) — "
+            f"pip install 'stem_ae[cpu]' (or 'stem_ae[gpu]'), or install tensorflow yourself."
+        )
     except (ValueError, TypeError, OSError) as error:
         message = _with_fix(
             _one_line(error), f"check the input and options ('{PROG} {command} --help')."

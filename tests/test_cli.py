@@ -468,3 +468,19 @@ def test_hspy_output_without_hyperspy_fails_before_any_work(work):
     )
     assert_bad_input(result, "HyperSpy", "stem_ae[hyperspy]")
     assert not (work / "out.hspy").exists()
+
+
+def test_missing_tensorflow_is_one_line_with_the_install_command(work):
+    code = (  # TensorFlow made unimportable, as when neither [cpu] nor tensorflow is installed
+        "import sys; sys.modules['tensorflow'] = None; "
+        "from stem_ae.cli import main; sys.exit(main(sys.argv[1:]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, "denoise", "lattice.npy", "-o", "out.tif"],
+        capture_output=True,
+        text=True,
+        cwd=work,
+        check=False,
+    )
+    assert_bad_input(result, "TensorFlow", "stem_ae[cpu]")
+    assert not (work / "out.tif").exists()
