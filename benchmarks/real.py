@@ -27,10 +27,13 @@ Scores (``stem_ae.analysis``; dark-contrast images are inverted before finding c
   method; columns are found in each output (``find_columns``, the same separation for every
   method: half the nearest-neighbour distance) and fitted to that lattice plus the method's own
   smooth displacement field (``fit_lattice``: a constant per motif column and a cubic polynomial
-  of position, Huber-robust): **RMS** distance of matched columns to their fitted sites (px, and
+  of position, Huber-robust). The motif keeps the cell-average maxima that the raw image itself
+  shows as columns at 30 % of their sites or more (a fold of a distorted image can split a
+  column in two). **RMS** distance of matched columns to their fitted sites (px, and
   pm with the file's calibration), **kept**: fraction of the sites inside the margin (half a
-  nearest-neighbour distance) with a column within r = 0.3 × that distance, **invented**:
-  fraction of the columns further than r from every site;
+  nearest-neighbour distance) with a column within r = 0.3 × that distance (also per motif
+  column, e.g. Mo/S2, in the note), **invented**: fraction of the columns further than r from
+  every site;
 - method noise (Buades, Coll & Morel 2005, ``method_noise``): **lattice removed**: power of the
   residual ``raw − output`` at the lattice reflections that stand out of the raw spectrum, over
   the raw image's (0 = no lattice signal removed); **streak left**: power on the scan-row
@@ -56,6 +59,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -93,6 +97,7 @@ class Context:
     reciprocal: np.ndarray
     motif: np.ndarray
     nn_distance: float
+    lattice_note: str = ""
 
 
 def _bright(image: np.ndarray, ctx: Context) -> np.ndarray:
@@ -101,10 +106,15 @@ def _bright(image: np.ndarray, ctx: Context) -> np.ndarray:
 
 def score(output: np.ndarray, ctx: Context) -> dict:
     """Lattice fit and method noise of one output (see the module docstring)."""
-    columns = find_columns(_bright(output, ctx), min_distance=0.5 * ctx.nn_distance)
+    try:
+        columns = find_columns(_bright(output, ctx), min_distance=0.5 * ctx.nn_distance)
+    except ValueError:  # no column at all: every site is lost
+        columns = np.empty((0, 2))
     fit = fit_lattice(columns, ctx.reciprocal, ctx.motif, output.shape)
     noise = method_noise(ctx.raw, output, ctx.reciprocal)
+    by_column = [np.mean(fit.matched[fit.kind == k] >= 0) for k in range(len(ctx.motif))]
     return {
+        "kept_by_motif": "/".join(f"{100 * v:.0f}" for v in by_column),
         "rms_px": fit.rms,
         "rms_pm": fit.rms * ctx.pixel_size * 100.0,
         "sites_kept": fit.sites_kept,
@@ -186,12 +196,30 @@ COLUMNS = (
     "streak_left",
     "n_columns",
     "n_sites",
+    "kept_by_motif",
     "note",
+    "motif_columns",
+    "lattice_note",
 )
 
 
-def context(raw: np.ndarray, bright: bool, pixel_size: float) -> Context:
-    lattice = stem_ae.estimate_lattice(raw)
+def _spacings(reciprocal: np.ndarray) -> str:
+    return "/".join(f"{s:.2f}" for s in 1.0 / np.hypot(*np.asarray(reciprocal).T))
+
+
+def context(raw: np.ndarray, bright: bool, pixel_size: float, pinned=None) -> Context:
+    """The reference for one raw crop: lattice (pinned, else measured), motif, NN distance."""
+    try:
+        measured = stem_ae.estimate_lattice(raw).reciprocal
+        today = f"`estimate_lattice` on the raw crop today: {_spacings(measured)} px"
+    except ValueError as error:
+        measured, today = None, f"`estimate_lattice` on the raw crop today: refused ({error})"
+    if pinned is None and measured is None:
+        raise ValueError(today)
+    reciprocal = np.asarray(pinned if pinned is not None else measured, dtype=np.float64)
+    source = "pinned in `realdata.py`" if pinned is not None else "measured now"
+    lattice_note = f"Reference lattice {_spacings(reciprocal)} px ({source}); {today}."
+    lattice = types.SimpleNamespace(reciprocal=reciprocal)
     signed = raw if bright else -raw
     motif = lattice_motif(signed, lattice.reciprocal)
     # keep the motif columns that the raw image itself shows at 30 % of their sites or more (a fold
@@ -205,7 +233,9 @@ def context(raw: np.ndarray, bright: bool, pixel_size: float) -> Context:
             break
         motif = np.delete(motif, np.argmin(kept), axis=0)
     probe = fit_lattice(np.empty((0, 2)), lattice.reciprocal, motif, raw.shape)
-    return Context(raw, bright, pixel_size, lattice.reciprocal, motif, probe.nn_distance)
+    return Context(
+        raw, bright, pixel_size, lattice.reciprocal, motif, probe.nn_distance, lattice_note
+    )
 
 
 def benchmark_image(image, methods, quick, log):
@@ -214,12 +244,11 @@ def benchmark_image(image, methods, quick, log):
     raw = realdata.crop(image, whole).astype(np.float64)
     if quick:
         raw = raw[:QUICK_SIDE, :QUICK_SIDE]
-    ctx = context(raw, image.contrast == "bright", pixel_size)
-    spacings = 1.0 / np.hypot(*ctx.reciprocal.T)
+    pinned = None if quick else image.reciprocal
+    ctx = context(raw, image.contrast == "bright", pixel_size, pinned)
     log(
-        f"{image.name}: {raw.shape[0]}×{raw.shape[1]} px, {pixel_size:.4f} Å/px, lattice "
-        f"{spacings[0]:.2f}/{spacings[1]:.2f} px, motif {len(ctx.motif)} column(s), "
-        f"NN {ctx.nn_distance:.2f} px"
+        f"{image.name}: {raw.shape[0]}×{raw.shape[1]} px, {pixel_size:.4f} Å/px, "
+        f"motif {len(ctx.motif)} column(s), NN {ctx.nn_distance:.2f} px. {ctx.lattice_note}"
     )
     rows, panels = [], {}
     candidates = [(name, *METHODS[name]) for name in methods]
@@ -237,13 +266,20 @@ def benchmark_image(image, methods, quick, log):
             else:
                 output, note = function(raw, ctx)
                 seconds = time.perf_counter() - start
-            output = np.asarray(output, dtype=np.float64)
-            row.update(score(output, ctx), seconds=seconds, note=note)
-            panels[name] = output
         except ValueError as error:
             row.update(seconds=time.perf_counter() - start, note=f"refused: {error}")
+        else:
+            output = np.asarray(output, dtype=np.float64)
+            panels[name] = output
+            try:
+                row.update(score(output, ctx), seconds=seconds, note=note)
+            except ValueError as error:
+                row.update(seconds=seconds, note=f"not scored: {error}")
         rows.append(row)
         log(f"  {name:16s} {_fmt(row['rms_px'])} px  {row['seconds']:.1f} s  {row['note']}")
+    for row in rows:
+        row["lattice_note"] = ctx.lattice_note
+        row["motif_columns"] = len(ctx.motif)
     return rows, panels, ctx
 
 
@@ -397,7 +433,12 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
         image_rows = [r for r in rows if r["image"] == image.name]
         if not image_rows:
             continue
+        first = image_rows[0]
         text += [f"## {image.title}", "", image.description + ".", ""]
+        text += [
+            f"{first['lattice_note']} Motif: {first['motif_columns']} column(s) per cell.",
+            "",
+        ]
         text += [
             "| method | RMS px | RMS pm | kept | invented | lattice removed | streak left | s |"
             " note |",
@@ -410,6 +451,8 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
             if best is not None and r in trusted and r["rms_px"] == best:
                 rms = f"**{rms}**"
             note = r["note"]
+            if "/" in r["kept_by_motif"]:
+                note = f"kept by motif column {r['kept_by_motif']} %; {note}"
             if r["n_sites"] != "" and _kept(r) < KEPT_FOR_RMS:
                 note = f"RMS of {round(r['sites_kept'] * r['n_sites'])} columns only; {note}"
             text.append(

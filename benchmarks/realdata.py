@@ -57,6 +57,9 @@ class RealImage:
 
     ``crop`` is ``(y0, x0, height, width)`` px of the region scored for quality (None: the whole
     image); ``time_full`` asks for an extra timing of ``denoise`` on the whole image.
+    ``reciprocal`` pins the reference lattice (rows g1, g2 as (y, x), 1/px), measured once by
+    ``stem_ae.estimate_lattice`` on the raw scored region (commit 0fc9326), so that the yardstick
+    does not move when the package's lattice measurement changes.
     """
 
     name: str
@@ -72,6 +75,7 @@ class RealImage:
     crop: tuple[int, int, int, int] | None = None
     time_full: bool = False
     reader: str = "read_image"
+    reciprocal: tuple[tuple[float, float], tuple[float, float]] | None = None
 
     @property
     def source(self) -> str:
@@ -99,6 +103,7 @@ GRUENEWALD = "Lukas Grünewald (lukmuk/r_em_workflows)"
 IMAGES: tuple[RealImage, ...] = (
     RealImage(
         name="tecnai_srtio3",
+        reciprocal=((-0.000682912, 0.0390443), (0.0394807, -0.00150206)),
         title="SrTiO3 [100] HAADF, Tecnai Osiris (512²)",
         member="data/Tecnai_Osiris_SrTiO3.tif",
         sha256="c09f3104e6bb494833dc10db5f9fcacd77a731f4c75c964c6b03734e24d34f27",
@@ -111,6 +116,7 @@ IMAGES: tuple[RealImage, ...] = (
     ),
     RealImage(
         name="rebco",
+        reciprocal=((0.046991, -0.000182064), (0.00176327, 0.148593)),
         title="REBa2Cu3O7−x HAADF (128²)",
         member="data/REBCO-ROI_raw.dm3",
         sha256="1cb2b4e7fc6f115ef4e5ed9009634f0260493bcc2260289c6f11a1aba7db82c7",
@@ -122,6 +128,7 @@ IMAGES: tuple[RealImage, ...] = (
     ),
     RealImage(
         name="mos2_se",
+        reciprocal=((0.0228828, 0.0418039), (0.0485041, -0.00144756)),
         title="Se-implanted MoS2 HAADF (512² crop of 1024²)",
         member="temul/example_data/experimental/example_Se_implanted_MoS2.dm3",
         sha256="fe7ebcc367c5620bb5ede7e45efc59d08721a7751878777342716ec26d9022e3",
@@ -135,6 +142,7 @@ IMAGES: tuple[RealImage, ...] = (
     ),
     RealImage(
         name="au_particle",
+        reciprocal=((0.027643, 0.0210888), (0.0290699, -0.0196274)),
         title="Au nanoparticles on a support HAADF (384² crop of 2048²)",
         member="temul/example_data/experimental/example_Au_nanoparticle.emd",
         sha256="cef47c71a94094e4024f76fc74b1a14f3bd26388aaaf882cc66b0a60bfdc0709",
@@ -152,6 +160,7 @@ IMAGES: tuple[RealImage, ...] = (
     ),
     RealImage(
         name="sto110_adf",
+        reciprocal=((-0.000147904, 0.0238323), (0.0339736, 0.000129039)),
         title="SrTiO3 [110] HAADF, atomap test data (400×380)",
         member="atomap/tests/datasets/test_ADF_cropped.hdf5",
         sha256="18265d654b6e36d0575dcff14aaf0dbdd65236ade92e1383d4a6cd0c70bf0cdb",
@@ -166,6 +175,7 @@ IMAGES: tuple[RealImage, ...] = (
     ),
     RealImage(
         name="sto110_abf",
+        reciprocal=((-0.000156691, 0.0238263), (0.0339519, 0.000125139)),
         title="SrTiO3 [110] ABF, atomap test data (400×380)",
         member="atomap/tests/datasets/test_ABF_cropped.hdf5",
         sha256="cc975b58b2179dcb543fccb6796f10b7e24e372614fb63d51e0f782c5a7bc4a6",
