@@ -649,7 +649,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         disable=None,
         dynamic_ncols=True,
         leave=False,
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+        bar_format="{desc}{percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
     )
     with bar:
         for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):

@@ -484,3 +484,31 @@ def test_missing_tensorflow_is_one_line_with_the_install_command(work):
     )
     assert_bad_input(result, "TensorFlow", "stem_ae[cpu]")
     assert not (work / "out.tif").exists()
+
+
+def test_progress_bar_under_a_terminal_counts_whole_percent(work, tiny_model):
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a 100-column terminal, as a user's
+        fcntl.ioctl(0, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+        os.chdir(work)
+        args = ["denoise", "lattice.npy", "-o", "out.tif", "--model", str(tiny_model)]
+        os.execv(COMMAND[0], [*COMMAND, *args])
+    output = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:
+            break
+        if not chunk:
+            break
+        output += chunk
+    _, status = os.waitpid(pid, 0)
+    text = output.decode(errors="replace")
+    assert os.waitstatus_to_exitcode(status) == 0, text
+    assert "lattice.npy" in text and "100%|" in text
+    assert "/1 [" not in text and "file/s" not in text and "s/file" not in text
