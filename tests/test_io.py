@@ -556,7 +556,7 @@ def test_record_of_measured_lattice():
     from stem_ae.simulate import simulate_scene
 
     scene = simulate_scene((128, 128), pixel_size=0.3, dose=50.0, rng=0)
-    record = processing_record(lattice=estimate_lattice(scene.clean))
+    record = processing_record(lattice=estimate_lattice(scene.noisy))
     assert len(record["lattice"]["spacings_px"]) == 2
     assert record["lattice"]["dominant_spacing_px"] > 0
 
