@@ -84,7 +84,17 @@ from stem_ae.plotting import METHOD_COLORS
 from stem_ae.simulate import REGIONS, NoiseModel, simulate_mixed_scene, simulate_scene
 
 RESULTS = Path(__file__).resolve().parent / "results"
-METHODS = ("noisy", "gaussian", "nlm", "bm3d", "paper", "general", "general_clean")
+METHODS = (
+    "noisy",
+    "gaussian",
+    "nlm",
+    "bm3d",
+    "paper",
+    "general",
+    "general_network",
+    "general_sure",
+    "general_clean",
+)
 LABELS = {
     "noisy": "noisy",
     "gaussian": "Gaussian filter (oracle σ)",
@@ -92,6 +102,8 @@ LABELS = {
     "bm3d": "BM3D (Anscombe)",
     "paper": "stem_ae `paper`",
     "general": "stem_ae `general`",
+    "general_network": 'stem_ae `general`, network alone (`residual="none"`)',
+    "general_sure": 'stem_ae `general`, white-noise SURE correction (`residual="sure"`)',
     "general_clean": "stem_ae `general` on the noise-free image (harm check)",
 }
 PIXEL_SIZES = (0.1, 0.2, 0.3)  # Å/px
@@ -180,12 +192,12 @@ def run_bm3d(noisy, ctx):
 _MODELS: dict = {}
 
 
-def _stem_ae(name, *, noise_free=False):
+def _stem_ae(name, *, noise_free=False, **options):
     def run(noisy, ctx):
         import stem_ae
 
         image = ctx["clean"] if noise_free else noisy
-        return stem_ae.denoise(image, pixel_size=ctx["pixel_size"], model=_MODELS[name])
+        return stem_ae.denoise(image, pixel_size=ctx["pixel_size"], model=_MODELS[name], **options)
 
     return run
 
@@ -194,7 +206,10 @@ def load_models(methods) -> dict[str, str]:
     """Load the requested stem_ae models once (and warm them up); return {name: why missing}."""
     missing = {}
     for name in ("paper", "general"):
-        if name not in methods and not (name == "general" and "general_clean" in methods):
+        wanted = {name} | (
+            {"general_clean", "general_network", "general_sure"} if name == "general" else set()
+        )
+        if not wanted & set(methods):
             continue
         try:
             import stem_ae
@@ -207,8 +222,9 @@ def load_models(methods) -> dict[str, str]:
             missing[name] = f"{type(error).__name__}: {error}"
             continue
         _MODELS[name] = model
-    if "general" in missing and "general_clean" in methods:
-        missing["general_clean"] = missing["general"]
+    for variant in ("general_clean", "general_network", "general_sure"):
+        if "general" in missing and variant in methods:
+            missing[variant] = missing["general"]
     return missing
 
 
@@ -219,6 +235,8 @@ RUNNERS = {
     "bm3d": run_bm3d,
     "paper": _stem_ae("paper"),
     "general": _stem_ae("general"),
+    "general_network": _stem_ae("general", residual="none"),
+    "general_sure": _stem_ae("general", residual="sure"),
     # not a denoiser: what the model does to an image with no noise left (its error floor)
     "general_clean": _stem_ae("general", noise_free=True),
 }

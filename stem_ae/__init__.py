@@ -14,6 +14,11 @@ Examples
 from __future__ import annotations
 
 import importlib
+import os
+
+# TensorFlow's C++ start-up lines ("oneDNN custom operations are on ...") are information, not
+# warnings: keep them out of a microscopist's terminal unless the user asked for them.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from stem_ae._version import __version__
 

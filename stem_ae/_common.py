@@ -5,6 +5,8 @@ Each is defined here once and imported where it is used (``stem_ae.simulate``, `
 """
 
 import math
+import re
+from typing import Any
 
 import numpy as np
 
@@ -34,3 +36,98 @@ def as_image(image, name: str = "image") -> np.ndarray:
     if not np.all(np.isfinite(array)):
         raise ValueError(f"{name} contains NaN or Inf; replace or mask them before denoising.")
     return array
+
+
+# --------------------------------------------------------------------------------------------
+# units and tags (shared by io and _hyperspy)
+
+_ANGSTROM_PER_UNIT = {
+    "m": 1e10,
+    "meter": 1e10,
+    "metre": 1e10,
+    "cm": 1e8,
+    "centimeter": 1e8,
+    "mm": 1e7,
+    "millimeter": 1e7,
+    "um": 1e4,
+    "µm": 1e4,
+    "micron": 1e4,
+    "microns": 1e4,
+    "micrometer": 1e4,
+    "micrometre": 1e4,
+    "nm": 10.0,
+    "nanometer": 10.0,
+    "nanometre": 10.0,
+    "å": 1.0,
+    "a": 1.0,
+    "ang": 1.0,
+    "angstrom": 1.0,
+    "angstroms": 1.0,
+    "pm": 0.01,
+    "picometer": 0.01,
+}
+
+
+def to_angstrom(value: float, unit: str) -> float | None:
+    """Convert a length to ångström.
+
+    Parameters
+    ----------
+    value : float
+        The length in ``unit``.
+    unit : str
+        A length unit as microscope software writes it: ``"nm"``, ``"µm"`` (micro sign or Greek
+        mu), ``"um"``, ``"micron"``, ``"\\\\u00B5m"`` (ImageJ's escape), ``"pm"``, ``"Å"``,
+        ``"A"``, ``"m"``, Berkeley EMD's ``"[n_m]"`` …
+
+    Returns
+    -------
+    float or None
+        ``value`` in Å, or ``None`` when ``unit`` is not a real-space length (``"pixel"``,
+        ``"1/nm"``, empty).
+
+    Examples
+    --------
+    >>> to_angstrom(0.0135, "nm")
+    0.135
+    >>> to_angstrom(2.0, "\\\\u00B5m"), to_angstrom(54.1, "pm"), to_angstrom(1.0, "pixel")
+    (20000.0, 0.541, None)
+    """
+    if unit is None:
+        return None
+    key = str(unit).strip()
+    key = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), key)  # ImageJ
+    key = key.replace("μ", "µ")
+    key = key.replace("Å", "å").replace("Å", "å")
+    key = re.sub(r"[\[\]_\s]", "", key).lower()
+    factor = _ANGSTROM_PER_UNIT.get(key)
+    if factor is None:
+        return None
+    return float(value) * factor
+
+
+def _jsonable(value: Any, *, max_items: int = 4096) -> Any:
+    """A JSON-ready copy of a tag tree: NumPy scalars become numbers, small arrays lists, bytes
+    text; arrays longer than ``max_items`` and anything else unknown become a short description."""
+    if isinstance(value, dict):
+        return {
+            str(key).replace("\x00", ""): _jsonable(item, max_items=max_items)
+            for key, item in value.items()
+        }
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item, max_items=max_items) for item in value]
+    if isinstance(value, np.ndarray):
+        if value.size > max_items or value.dtype.kind not in "biuf":
+            return f"<array {value.dtype} {list(value.shape)}>"
+        return _jsonable(value.tolist(), max_items=max_items)
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if isinstance(value, str):
+        return value.replace("\x00", "")  # DM strings carry NULs that HDF5 cannot store
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)

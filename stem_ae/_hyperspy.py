@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from stem_ae.io import _jsonable, to_angstrom
+from stem_ae._common import _jsonable, to_angstrom
 
 __all__ = [
     "from_signal",

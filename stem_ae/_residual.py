@@ -112,10 +112,170 @@ def noise_variance(residual: np.ndarray) -> float:
     return float(np.mean(interior**2) / np.sum(_DIFFERENCE**2) ** 2)
 
 
+NOISE_TILE = 128
+"""Side (px) of the Welch tiles of :func:`noise_spectrum` (half-overlapping, Hann-tapered)."""
+
+_PEAK_RADIUS = 2.5  # frequency bins masked around each lattice reflection (Hann main lobe: 2)
+_MAX_TILES = 64  # Welch tiles used at most (1024² px: 0.3 s)
+_FILL_RADIUS = 5  # masked bins take the median of the unmasked bins within this many bins
+
+
+def noise_spectrum(
+    residual: np.ndarray,
+    reciprocal: np.ndarray | None = None,
+    tile: int = NOISE_TILE,
+    *,
+    where: np.ndarray | None = None,
+) -> np.ndarray:
+    """Power spectrum of the noise in a residual, valid for correlated noise (Welch).
+
+    The residual ``y − a`` of a good estimate ``a`` is the noise plus what the estimate got wrong.
+    That error is mostly periodic (the same column shape missed in every cell), so it sits on
+    the lattice reflections; the noise of a real scan is correlated (scan-line streaks,
+    interpolation of drift-corrected frames, detector afterglow) and is spread over frequencies
+    in ways no single variance describes. The spectrum is averaged over half-overlapping
+    Hann-tapered tiles (Welch), the bins around every reflection ``h g1 + k g2`` and around zero
+    frequency are masked, and each masked bin takes the median of the unmasked bins around it.
+
+    Parameters
+    ----------
+    residual : ndarray, shape (H, W)
+        Noisy image minus an estimate of it.
+    reciprocal : ndarray, shape (2, 2), optional
+        Reciprocal lattice basis (rows ``g1, g2``, ``(y, x)`` in 1/px) whose reflections are
+        masked; None masks only zero frequency.
+    tile : int
+        Welch tile side, px (smaller images use one tile of their own size).
+    where : ndarray of bool, shape (H, W), optional
+        Use only the tiles whose centre pixel is True (e.g. the crystalline part, where the
+        estimate is good); all tiles when none is.
+
+    Returns
+    -------
+    ndarray, shape (T, T)
+        Noise power per frequency bin (unshifted FFT order), normalised so that its mean is the
+        per-pixel noise variance: white noise of variance ``v`` gives ``v`` everywhere.
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> white = noise_spectrum(rng.normal(0, 2.0, (256, 256)))
+    >>> bool(abs(white.mean() - 4.0) < 0.2)
+    True
+    """
+    r = np.asarray(residual, dtype=np.float64)
+    if r.ndim != 2 or min(r.shape) < 16:
+        raise ValueError(f"residual of shape {r.shape} is too small; give at least 16×16 px")
+    side = int(min(tile, *r.shape))
+    taper = np.hanning(side + 2)[1:-1]
+    window = np.outer(taper, taper)
+    hop = max(1, side // 2)
+    starts = [
+        (i, j)
+        for i in range(0, r.shape[0] - side + 1, hop)
+        for j in range(0, r.shape[1] - side + 1, hop)
+    ]
+    if where is not None:
+        chosen = [(i, j) for i, j in starts if where[i + side // 2, j + side // 2]]
+        starts = chosen or starts
+    starts = starts[:: max(1, len(starts) // _MAX_TILES)]  # evenly thinned: bounded time
+    power = np.zeros((side, side))
+    for i, j in starts:
+        block = r[i : i + side, j : j + side]
+        power += np.abs(np.fft.fft2(window * (block - block.mean()))) ** 2
+    power /= len(starts) * np.sum(window**2)
+    mask = _reflection_mask(side, reciprocal)
+    return _fill_masked(power, mask)
+
+
+def _reflection_mask(side: int, reciprocal: np.ndarray | None) -> np.ndarray:
+    """Bins (side × side, FFT order) within ``_PEAK_RADIUS`` of zero or of a reflection."""
+    k = np.fft.fftfreq(side) * side  # bin coordinates, signed
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    centres = [np.zeros(2)]
+    if reciprocal is not None:
+        g = np.asarray(reciprocal, np.float64) * side  # reflections in bins
+        extent = int(np.ceil(0.75 * side / max(np.linalg.norm(g, axis=1).min(), 1e-9))) + 1
+        extent = min(extent, 64)
+        for h in range(-extent, extent + 1):
+            for l_ in range(-extent, extent + 1):
+                centre = h * g[0] + l_ * g[1]
+                if (h or l_) and np.all(np.abs(centre) <= side / 2 + _PEAK_RADIUS):
+                    centres.append(centre)
+    mask = np.zeros((side, side), bool)
+    for cy, cx in centres:
+        dy = (ky - cy + side / 2) % side - side / 2  # periodic distance in bins
+        dx = (kx - cx + side / 2) % side - side / 2
+        mask |= dy * dy + dx * dx <= _PEAK_RADIUS**2
+    return mask
+
+
+def _fill_masked(power: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked bins replaced by the median of the unmasked ones within ``_FILL_RADIUS`` bins."""
+    if mask.all():
+        return np.full_like(power, np.median(power))
+    r = _FILL_RADIUS
+    holed = np.where(mask, np.nan, power)
+    padded = np.pad(holed, r, mode="wrap")
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (2 * r + 1, 2 * r + 1))
+    rows, cols = np.nonzero(mask)
+    around = windows[rows, cols].reshape(len(rows), -1)
+    empty = np.all(np.isnan(around), axis=1)
+    around[empty] = np.median(power[~mask])
+    filled = power.copy()
+    filled[rows, cols] = np.nanmedian(around, axis=1)
+    return filled
+
+
+@cache
+def _transfer(sigma: float, side: int) -> np.ndarray:
+    """Transfer function (side × side, FFT order) of ``ndimage.gaussian_filter``'s kernel."""
+    if sigma == 0:
+        return np.zeros((side, side))
+    radius = int(_TRUNCATE * sigma + 0.5)
+    x = np.arange(-radius, radius + 1, dtype=float)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    k = np.fft.fftfreq(side)
+    one = kernel @ np.cos(2 * np.pi * np.outer(x, k))
+    return np.outer(one, one)
+
+
+def filtered_noise_variance(spectrum: np.ndarray, sigma: float) -> float:
+    """Variance of noise of power ``spectrum`` after a Gaussian filter of ``sigma`` px.
+
+    Examples
+    --------
+    >>> flat = np.full((64, 64), 1.0)  # white noise of unit variance
+    >>> round(filtered_noise_variance(flat, 2.0), 4) == round(_kernel_energy(2.0), 4)
+    True
+    """
+    return float(np.mean(_transfer(float(sigma), spectrum.shape[0]) ** 2 * spectrum))
+
+
+def equivalent_variance(spectrum: np.ndarray, width: float) -> float:
+    """The white-noise variance that a Gaussian average of ``width`` px sees as ``spectrum``.
+
+    :func:`consistency_correction` compares a column-scale average of the residual with
+    ``variance · ΣG²``; for correlated noise that average is noisier than the per-pixel variance
+    says, and this is the variance that makes the comparison right.
+    """
+    return filtered_noise_variance(spectrum, width) / _kernel_energy(float(width))
+
+
 def choose_residual_sigma(
-    noisy: np.ndarray, estimate: np.ndarray, sigmas: tuple[float, ...] = RESIDUAL_SIGMAS
+    noisy: np.ndarray,
+    estimate: np.ndarray,
+    sigmas: tuple[float, ...] = RESIDUAL_SIGMAS,
+    spectrum: np.ndarray | None = None,
 ) -> float:
     """Pick the residual low-pass bandwidth that minimises SURE.
+
+    With a noise ``spectrum`` (:func:`noise_spectrum`) the risk is that of correlated noise,
+    ``mean((G_s r − r)²) − v + 2 · mean_k(H_s(k) N(k))``, ``H_s`` the filter's transfer function
+    and ``N`` the spectrum, ``v`` its mean: streaks and afterglow that a low-pass would put back
+    count against it. Without one the noise is taken as white, of the variance
+    :func:`noise_variance` measures.
 
     Parameters
     ----------
@@ -125,6 +285,8 @@ def choose_residual_sigma(
         The auto-encoder's reconstruction of it, same units.
     sigmas : tuple of float
         Candidate Gaussian standard deviations, px (0 = no correction).
+    spectrum : ndarray, shape (T, T), optional
+        Noise power spectrum of ``noisy`` (:func:`noise_spectrum`); None assumes white noise.
 
     Returns
     -------
@@ -149,16 +311,60 @@ def choose_residual_sigma(
             f"noisy {y.shape} and estimate {a.shape} must be 2-D images of the same shape"
         )
     residual = y - a
-    variance = noise_variance(residual)
+    variance = noise_variance(residual) if spectrum is None else float(np.mean(spectrum))
     best_sigma, best_risk = 0.0, np.inf
     for sigma in sigmas:
         if sigma < 0:
             raise ValueError(f"residual sigma {sigma} is negative; use values ≥ 0 px")
         smoothed = _lowpass(residual, sigma)
-        risk = np.mean((smoothed - residual) ** 2) - variance + 2 * variance * _centre_tap(sigma)
+        if spectrum is None:
+            passed = variance * _centre_tap(sigma)
+        else:
+            passed = float(np.mean(_transfer(float(sigma), spectrum.shape[0]) * spectrum))
+        risk = np.mean((smoothed - residual) ** 2) - variance + 2 * passed
         if risk < best_risk:
             best_sigma, best_risk = float(sigma), risk
     return best_sigma
+
+
+def smoothing_sigma(
+    noisy: np.ndarray,
+    spectrum: np.ndarray,
+    where: np.ndarray | None = None,
+    sigmas: tuple[float, ...] = RESIDUAL_SIGMAS[1:],
+) -> float:
+    """The Gaussian filter bandwidth (px) of least SURE risk for ``noisy`` itself.
+
+    The risk of ``G_s * y`` under noise of power ``spectrum`` is
+    ``mean((G_s y − y)²) − v + 2 · mean_k(H_s(k) N(k))``, averaged over the pixels ``where`` is
+    True (all by default): the data-consistent estimate for the parts of an image that are not
+    a lattice.
+    """
+    y = np.asarray(noisy, dtype=np.float64)
+    variance = float(np.mean(spectrum))
+    best_sigma, best_risk = float(sigmas[0]), np.inf
+    for sigma in sigmas:
+        change = ndi.gaussian_filter(y, sigma, mode="reflect", truncate=_TRUNCATE) - y
+        fit = np.mean(change[where] ** 2) if where is not None else np.mean(change**2)
+        passed = float(np.mean(_transfer(float(sigma), spectrum.shape[0]) * spectrum))
+        risk = fit - variance + 2 * passed
+        if risk < best_risk:
+            best_sigma, best_risk = float(sigma), risk
+    return best_sigma
+
+
+def network_excess(residual: np.ndarray, spectrum: np.ndarray) -> float:
+    """How far an estimate is from the truth compared with the noise: ``MSE / noise variance``.
+
+    SURE's risk of the estimate itself (no correction) under the noise ``spectrum`` is
+    ``mean(r²) − mean(N)``: what the residual holds beyond the noise is the estimate's own error.
+    Below 1 the estimate is closer to the truth than the data are; well above 1 the data are the
+    better guide (a high dose, or a lattice the network does not know).
+    """
+    noise = float(np.mean(spectrum))
+    if noise <= 0:
+        return float("inf")
+    return max(float(np.mean(np.square(residual))) - noise, 0.0) / noise
 
 
 def _lowpass(residual: np.ndarray, sigma: float) -> np.ndarray:
@@ -168,9 +374,14 @@ def _lowpass(residual: np.ndarray, sigma: float) -> np.ndarray:
 
 
 def apply_residual(
-    noisy: np.ndarray, estimate: np.ndarray, sigma: float, *, overwrite: bool = False
+    noisy: np.ndarray,
+    estimate: np.ndarray,
+    sigma: float,
+    *,
+    overwrite: bool = False,
+    weight: float = 1.0,
 ) -> np.ndarray:
-    """Return ``estimate + G_sigma * (noisy − estimate)``; ``sigma = 0`` gives a copy.
+    """Return ``estimate + weight · G_sigma * (noisy − estimate)``; ``sigma = 0`` gives a copy.
 
     Computed in float32 when both images are float32, else in float64. With ``overwrite=True``
     and an ``estimate`` of that dtype, the result is written into ``estimate`` (one image-sized
@@ -191,6 +402,8 @@ def apply_residual(
         residual[...] = 0.0
     else:  # separable: scipy filters line by line through a buffer, so in place is safe
         ndi.gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE, output=residual)
+        if weight != 1.0:
+            residual *= weight
     if overwrite and a is estimate:
         a += residual
         return a
@@ -204,6 +417,8 @@ def consistency_correction(
     width: float,
     variance: float,
     threshold: float = CONSISTENCY_THRESHOLD,
+    *,
+    one_sided: bool = False,
 ) -> np.ndarray:
     """Put the column-scale residual back wherever the estimate disagrees with the data.
 
@@ -228,9 +443,13 @@ def consistency_correction(
     width : float
         Gaussian standard deviation, px (about a column's width).
     variance : float
-        Mean noise variance of ``noisy`` (:func:`noise_variance` of a residual).
+        Mean noise variance of ``noisy`` (:func:`noise_variance` of a residual), or for
+        correlated noise its :func:`equivalent_variance`.
     threshold : float
         Significance in standard deviations of the averaged noise.
+    one_sided : bool
+        Only take out what the estimate has beyond the data (a column painted where the data
+        show none), never add what it lacks.
 
     Returns
     -------
@@ -256,6 +475,8 @@ def consistency_correction(
     a = np.asarray(estimate, dtype=dtype)
     mean = np.asarray(noisy, dtype=dtype) - a
     ndi.gaussian_filter(mean, width, mode="reflect", truncate=_TRUNCATE, output=mean)
+    if one_sided:  # only where the estimate is brighter than the data: invented columns
+        np.minimum(mean, 0.0, out=mean)
     z = np.abs(mean) / np.sqrt(variance * _kernel_energy(float(width)))
     z -= threshold
     z /= threshold

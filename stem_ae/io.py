@@ -33,7 +33,6 @@ import io as _stdio
 import json
 import math
 import os
-import re
 import secrets
 import warnings
 import xml.etree.ElementTree as ElementTree
@@ -43,6 +42,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stem_ae._common import _jsonable, to_angstrom
 
 __all__ = [
     "READ_EXTENSIONS",
@@ -63,32 +64,6 @@ WRITE_EXTENSIONS = (".tif", ".tiff", ".hspy", ".npy", ".png")
 # A "calibration" coarser than this (1 µm/px) on an image is a print resolution (72 dpi …), not a
 # microscope's pixel size, and is ignored.
 _MAX_CALIBRATION_ANGSTROM = 1e4
-
-_ANGSTROM_PER_UNIT = {
-    "m": 1e10,
-    "meter": 1e10,
-    "metre": 1e10,
-    "cm": 1e8,
-    "centimeter": 1e8,
-    "mm": 1e7,
-    "millimeter": 1e7,
-    "um": 1e4,
-    "µm": 1e4,
-    "micron": 1e4,
-    "microns": 1e4,
-    "micrometer": 1e4,
-    "micrometre": 1e4,
-    "nm": 10.0,
-    "nanometer": 10.0,
-    "nanometre": 10.0,
-    "å": 1.0,
-    "a": 1.0,
-    "ang": 1.0,
-    "angstrom": 1.0,
-    "angstroms": 1.0,
-    "pm": 0.01,
-    "picometer": 0.01,
-}
 
 
 @dataclass(frozen=True)
@@ -142,44 +117,6 @@ class ImageMetadata:
     def n_frames(self) -> int:
         """Number of frames: 1 for a 2-D image, ``shape[0]`` for a stack."""
         return self.shape[0] if len(self.shape) == 3 else 1
-
-
-def to_angstrom(value: float, unit: str) -> float | None:
-    """Convert a length to ångström.
-
-    Parameters
-    ----------
-    value : float
-        The length in ``unit``.
-    unit : str
-        A length unit as microscope software writes it: ``"nm"``, ``"µm"`` (micro sign or Greek
-        mu), ``"um"``, ``"micron"``, ``"\\\\u00B5m"`` (ImageJ's escape), ``"pm"``, ``"Å"``,
-        ``"A"``, ``"m"``, Berkeley EMD's ``"[n_m]"`` …
-
-    Returns
-    -------
-    float or None
-        ``value`` in Å, or ``None`` when ``unit`` is not a real-space length (``"pixel"``,
-        ``"1/nm"``, empty).
-
-    Examples
-    --------
-    >>> to_angstrom(0.0135, "nm")
-    0.135
-    >>> to_angstrom(2.0, "\\\\u00B5m"), to_angstrom(54.1, "pm"), to_angstrom(1.0, "pixel")
-    (20000.0, 0.541, None)
-    """
-    if unit is None:
-        return None
-    key = str(unit).strip()
-    key = re.sub(r"\\u([0-9a-fA-F]{4})", lambda m: chr(int(m.group(1), 16)), key)  # ImageJ
-    key = key.replace("μ", "µ")
-    key = key.replace("Å", "å").replace("Å", "å")
-    key = re.sub(r"[\[\]_\s]", "", key).lower()
-    factor = _ANGSTROM_PER_UNIT.get(key)
-    if factor is None:
-        return None
-    return float(value) * factor
 
 
 # --------------------------------------------------------------------------------------------
@@ -275,33 +212,6 @@ def read_image(path: str | os.PathLike) -> tuple[np.ndarray, ImageMetadata]:
         processing=extras.get("processing"),
     )
     return data, meta
-
-
-def _jsonable(value: Any, *, max_items: int = 4096) -> Any:
-    """A JSON-ready copy of a tag tree: NumPy scalars become numbers, small arrays lists, bytes
-    text; arrays longer than ``max_items`` and anything else unknown become a short description."""
-    if isinstance(value, dict):
-        return {
-            str(key).replace("\x00", ""): _jsonable(item, max_items=max_items)
-            for key, item in value.items()
-        }
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item, max_items=max_items) for item in value]
-    if isinstance(value, np.ndarray):
-        if value.size > max_items or value.dtype.kind not in "biuf":
-            return f"<array {value.dtype} {list(value.shape)}>"
-        return _jsonable(value.tolist(), max_items=max_items)
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if isinstance(value, str):
-        return value.replace("\x00", "")  # DM strings carry NULs that HDF5 cannot store
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 Calibration = tuple[tuple[float, float], str] | None

@@ -201,7 +201,7 @@ def test_residual_correction_raises_psnr_and_removes_invented_columns():
     assert invented[1] < invented[0]
 
 
-@pytest.mark.parametrize("residual", ["auto", -1.0, float("nan")])
+@pytest.mark.parametrize("residual", ["bogus", -1.0, float("nan"), True])
 def test_bad_residual_option_raises(residual):
     with pytest.raises(ValueError, match="residual"):
         denoise(np.zeros((64, 64)), residual=residual)

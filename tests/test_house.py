@@ -17,6 +17,7 @@ RANKS = {
     "lattice": 1,
     "_residual": 1,
     "_resample": 1,
+    "_crystal": 1,
     "_hyperspy": 1,
     "model": 2,
     "_tiling": 2,

@@ -56,11 +56,6 @@ def test_shipped_real_data_is_intact_and_licensed(filename, sha256):
     assert (REPO / "data" / "LICENSE-r_em_workflows.txt").read_text().startswith("MIT License")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="until stem_ae/__init__.py sets TF_CPP_MIN_LOG_LEVEL before any import of TensorFlow "
-    "(issue 15, defect 8); then remove this marker",
-)
 @pytest.mark.parametrize("module", ["stem_ae.model", "stem_ae.training"])
 def test_first_import_of_tensorflow_prints_no_log_lines(module):
     env = {k: v for k, v in os.environ.items() if not k.startswith("TF_CPP")}
