@@ -464,7 +464,11 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
                 f"{_fmt(r['seconds'], 1)} | {note.rstrip('; ')} |"
             )
         if image.name in full_times:
-            text += ["", f"Whole image, `denoise` default: {full_times[image.name]}."]
+            timing = full_times[image.name].rstrip(".")
+            text += [
+                "",
+                f"Whole image, `denoise` default: {timing}.",
+            ]
         text.append("")
     text += goal_check(rows, images)
     write_atomic(path, lambda tmp: Path(tmp).write_text("\n".join(text), encoding="utf-8"))
