@@ -161,6 +161,25 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write a PNG of raw, denoised and uncertainty side by side",
     )
+    denoise.add_argument(
+        "--contrast",
+        choices=("auto", "bright", "dark"),
+        default="auto",
+        help="column contrast: 'bright' (HAADF, ADF), 'dark' (ABF, BF) or 'auto' (default: "
+        "measured from the unit cell)",
+    )
+    denoise.add_argument(
+        "--residual",
+        choices=("auto", "sure", "none"),
+        default="auto",
+        help="data consistency: 'auto' (default), 'sure' (white-noise SURE, the earlier "
+        "default), 'none' (the network alone)",
+    )
+    denoise.add_argument(
+        "--mask",
+        action="store_true",
+        help="also write the crystal map (1 lattice, 0 not: amorphous, vacuum) as OUT_mask",
+    )
     denoise.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     denoise.add_argument(
         "--workers", type=int, metavar="N", help="threads for frame series and large images"
@@ -368,11 +387,15 @@ def _check_outputs(outputs: list[Path], inputs: list[Path], overwrite: bool) -> 
         _check_folder_writable(folder)
 
 
-def _side_outputs(output: Path, uncertainty: bool, preview: bool) -> dict[str, Path]:
+def _side_outputs(
+    output: Path, uncertainty: bool, preview: bool, mask: bool = False
+) -> dict[str, Path]:
     paths = {"denoised": output}
+    suffix = ".tif" if output.suffix.lower() == ".png" else output.suffix
     if uncertainty:
-        suffix = ".tif" if output.suffix.lower() == ".png" else output.suffix
         paths["uncertainty"] = output.with_name(f"{output.stem}_uncertainty{suffix}")
+    if mask:
+        paths["mask"] = output.with_name(f"{output.stem}_mask{suffix}")
     if preview:
         name = f"{output.stem}_preview.png" if output.suffix.lower() == ".png" else None
         paths["preview"] = output.with_name(name or f"{output.stem}.png")
@@ -496,14 +519,15 @@ def _resampling_factor(lattice, model) -> float:
     return float(_scale_factor(lattice, *get_config(model).spacing_range))
 
 
-def _record(source: Path, model, step: int, lattice, pixel_yx, args) -> dict:
+def _record(source: Path, model, step: int, lattice, pixel_yx, args, contrast=None) -> dict:
     from stem_ae.io import processing_record
 
     return processing_record(
         "stem_ae.denoise",
         model=model,
         step=step,
-        contrast=getattr(args, "contrast", None),
+        contrast=contrast or getattr(args, "contrast", None),
+        residual=getattr(args, "residual", None),
         lattice=lattice,
         resampling_factor=_resampling_factor(lattice, model),
         pixel_size=pixel_yx,
@@ -589,7 +613,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         targets = [output / f"{source.stem}_denoised.tif" for source in inputs]
     else:
         targets = [output]
-    plans = [_side_outputs(target, args.uncertainty, args.preview) for target in targets]
+    plans = [_side_outputs(target, args.uncertainty, args.preview, args.mask) for target in targets]
     _check_outputs([p for plan in plans for p in plan.values()], inputs, args.overwrite)
     _check_hyperspy([p for plan in plans for p in plan.values()])
 
@@ -677,19 +701,43 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         UserWarning,
                         stacklevel=1,
                     )
+                contrast = args.contrast
+                if contrast == "auto":
+                    import numpy as np
+
+                    from stem_ae.denoising import detect_contrast
+
+                    first = image if image.ndim == 2 else image[0]
+                    contrast = detect_contrast(np.asarray(first, np.float64), lattice)
                 result = denoise(
                     image,
                     pixel_size=used,
                     step=step,
                     model=model,
                     return_uncertainty=args.uncertainty,
+                    return_mask=args.mask,
                     workers=args.workers,
                     progress=progress,
+                    contrast=contrast,
+                    residual=args.residual,
                     **options,
                 )
-                denoised, spread = result if args.uncertainty else (result, None)
-                record = _record(meta.path, model, step, lattice, pixel_yx, args)
+                result = result if isinstance(result, tuple) else (result,)
+                denoised = result[0]
+                spread = result[1] if args.uncertainty else None
+                record = _record(meta.path, model, step, lattice, pixel_yx, args, contrast)
                 _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args)
+                if args.mask:
+                    from stem_ae.io import write_image
+
+                    write_image(
+                        plan["mask"],
+                        result[-1],
+                        record={**record, "output": "crystal map (1 lattice, 0 not)"},
+                        pixel_size=pixel_yx,
+                        frame_interval=meta.frame_interval,
+                        overwrite=args.overwrite,
+                    )
             bar.n = 100 * (index + 1)
             bar.refresh()
             elapsed = time.perf_counter() - started
@@ -697,8 +745,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             bar.write(
                 f"{meta.path} -> {plan['denoised']}: {_format_shape(meta.shape)} {meta.dtype}, "
                 f"pixel size {_pixel_yx_text(pixel_yx, source_text)}, lattice "
-                f"{_spacings_text(lattice, used)}, model {model_name}, step {step}, "
-                f"resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
+                f"{_spacings_text(lattice, used)}, {contrast} columns, model {model_name}, step "
+                f"{step}, resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
                 + (f" (+ {extra})" if extra else "")
             )
             for warning in caught:

@@ -289,6 +289,8 @@ def denoise(
         record = processing_record(
             model=model,
             step=step,
+            contrast="dark" if plan.dark else "bright",
+            residual=residual,
             lattice=plan.lattice,
             resampling_factor=plan.scaled[-1] / plan.shape[-1],
             pixel_size=signal_info["pixel_size"],
@@ -439,10 +441,7 @@ def _measure(
     if pixel_size is not None:
         check_calibration(lattice, pixel_size, lattice_constant)
     if contrast == "auto":
-        asymmetry = cell_asymmetry(
-            np.clip((frames[0] - low) / (high - low), *CLIP_RANGE), lattice.reciprocal
-        )
-        contrast = "dark" if asymmetry < DARK_ASYMMETRY else "bright"
+        contrast = detect_contrast(np.clip((frames[0] - low) / (high - low), *CLIP_RANGE), lattice)
     spacing_low, spacing_high = get_config(model).spacing_range
     shape = image.shape[-2:]
     factor = _scale_factor(lattice, spacing_low, spacing_high)
@@ -481,6 +480,38 @@ def _scale_factor(lattice: LatticeEstimate, low: float, high: float) -> float:
     if abs(factor - 1.0) <= RESAMPLE_TOLERANCE:
         return 1.0
     return factor
+
+
+def detect_contrast(image: np.ndarray, lattice: LatticeEstimate | None = None) -> str:
+    """``"dark"`` for a dark-column image (ABF, BF), else ``"bright"`` (HAADF, ADF).
+
+    The image is folded into its unit cell (:func:`stem_ae._crystal.cell_asymmetry`): bright
+    columns rise far above the cell's median, dark ones fall below it. What ``denoise`` does with
+    ``contrast="auto"``.
+
+    Parameters
+    ----------
+    image : ndarray, shape (H, W)
+        A lattice image, any units.
+    lattice : LatticeEstimate, optional
+        Its lattice; measured when not given.
+
+    Returns
+    -------
+    str
+        ``"bright"`` or ``"dark"``.
+
+    Examples
+    --------
+    >>> from stem_ae.simulate import simulate_scene
+    >>> abf = simulate_scene((128, 128), pixel_size=0.15, dose=50.0, contrast="dark", rng=0)
+    >>> detect_contrast(abf.noisy), detect_contrast(-abf.noisy)
+    ('dark', 'bright')
+    """
+    if lattice is None:
+        lattice = measure_lattice(np.asarray(image, np.float64))
+    asymmetry = cell_asymmetry(image, lattice.reciprocal)
+    return "dark" if asymmetry < DARK_ASYMMETRY else "bright"
 
 
 # --------------------------------------------------------------------------------------------

@@ -512,3 +512,35 @@ def test_progress_bar_under_a_terminal_counts_whole_percent(work, tiny_model):
     assert os.waitstatus_to_exitcode(status) == 0, text
     assert "lattice.npy" in text and "100%|" in text
     assert "/1 [" not in text and "file/s" not in text and "s/file" not in text
+
+
+def test_denoise_dark_contrast_and_crystal_map(tmp_path, tiny_model):
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((160, 160), pixel_size=0.15, dose=64.0, contrast="dark", rng=4)
+    source = tmp_path / "abf.npy"
+    np.save(source, scene.noisy)
+    out = tmp_path / "abf_denoised.tif"
+    result = run("denoise", source, "-o", out, "--model", tiny_model, "--mask")
+    assert result.returncode == 0, result.stderr
+    assert "dark columns" in result.stdout + result.stderr
+    mask = tifffile.imread(tmp_path / "abf_denoised_mask.tif")
+    assert mask.shape == scene.noisy.shape and 0 <= mask.min() and mask.max() <= 1
+    from stem_ae.io import read_image
+
+    _, meta = read_image(out)
+    assert meta.processing["parameters"]["contrast"] == "dark"
+    forced = run(
+        "denoise",
+        source,
+        "-o",
+        tmp_path / "forced.tif",
+        "--model",
+        tiny_model,
+        "--contrast",
+        "bright",
+    )
+    assert forced.returncode == 0 and "bright columns" in forced.stdout + forced.stderr
+    assert_bad_input(
+        run("denoise", source, "-o", tmp_path / "x.tif", "--contrast", "abf"), "--contrast"
+    )

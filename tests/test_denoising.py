@@ -205,3 +205,97 @@ def test_residual_correction_raises_psnr_and_removes_invented_columns():
 def test_bad_residual_option_raises(residual):
     with pytest.raises(ValueError, match="residual"):
         denoise(np.zeros((64, 64)), residual=residual)
+
+
+# ---------------------------------------------------------------------------------------------
+# residual="auto", contrast, the crystal map (shipped "general" model)
+
+
+@pytest.mark.slow
+def test_auto_keeps_correlated_noise_out_and_beats_the_network_alone():
+    from stem_ae.analysis import psnr
+    from stem_ae.simulate import NoiseModel, simulate_scene
+
+    noise = NoiseModel(dose=4.0, afterglow=1.5, row_offset_rel=0.03)
+    scene = simulate_scene((192, 192), pixel_size=0.2, dose=4.0, noise=noise, rng=11)
+    auto = denoise(scene.noisy, pixel_size=0.2)
+    alone = denoise(scene.noisy, pixel_size=0.2, residual="none")
+    white = denoise(scene.noisy, pixel_size=0.2, residual="sure")
+    assert psnr(scene.clean, auto) >= psnr(scene.clean, alone) - 0.1
+
+    def row_noise(image):  # scan-row power: the spread of the row means about their trend
+        rows = image.mean(axis=1)
+        return np.std(rows - np.convolve(rows, np.ones(9) / 9, mode="same")[None][0])
+
+    assert row_noise(auto) < row_noise(white)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("dose", "least_found"), [(4.0, 0.9), (64.0, 0.99)])
+def test_contrast_auto_denoises_dark_columns_as_dark_and_never_flips_haadf(dose, least_found):
+    from stem_ae.analysis import find_columns, match_columns
+    from stem_ae.denoising import detect_contrast
+    from stem_ae.simulate import simulate_scene
+
+    dark = simulate_scene((192, 192), pixel_size=0.15, dose=dose, contrast="dark", rng=12)
+    bright = simulate_scene((192, 192), pixel_size=0.15, dose=dose, rng=12)
+    assert detect_contrast(dark.noisy) == "dark" and detect_contrast(bright.noisy) == "bright"
+    out = denoise(dark.noisy)
+    nn = dark.lattice.nearest_neighbour()
+
+    def match(image):
+        columns = find_columns(-image, min_distance=0.5 * nn)
+        return match_columns(columns, dark.columns, 0.3 * nn, shape=image.shape, border=nn)
+
+    found, raw = match(out), match(dark.noisy)
+    assert found.found >= least_found and found.found >= raw.found
+    # returned in its own contrast, and closer to the truth than the data
+    correlation = np.corrcoef(out.ravel(), dark.clean.ravel())[0, 1]
+    assert correlation > max(0.5, np.corrcoef(dark.noisy.ravel(), dark.clean.ravel())[0, 1])
+    np.testing.assert_array_equal(denoise(bright.noisy), denoise(bright.noisy, contrast="bright"))
+
+
+def test_bad_contrast_is_refused():
+    with pytest.raises(ValueError, match="contrast"):
+        denoise(np.zeros((64, 64)), contrast="abf")
+
+
+@pytest.mark.slow
+def test_amorphous_half_gets_the_data_not_the_network():
+    from scipy import ndimage
+
+    from stem_ae.simulate import simulate_mixed_scene
+
+    scene = simulate_mixed_scene(
+        (256, 384), parts=("crystal", "amorphous"), pixel_size=0.2, dose=4.0, rng=3
+    )
+    truth = scene.metadata["regions"]["crystal_mask"]
+    out, mask = denoise(scene.noisy, pixel_size=0.2, return_mask=True)
+    alone = denoise(scene.noisy, pixel_size=0.2, residual="none")
+    assert mask.shape == scene.noisy.shape and mask.dtype == np.float32
+    assert mask[truth].mean() > 0.8 and mask[~truth].mean() < 0.2
+    amorphous = ~truth
+    amorphous[:, :240] = False  # away from the boundary
+
+    def error(image):
+        return float(np.mean((image[amorphous] - scene.clean[amorphous]) ** 2))
+
+    best_gaussian = min(
+        error(ndimage.gaussian_filter(scene.noisy.astype(float), s)) for s in (0.75, 1, 1.5, 2, 3)
+    )
+    assert error(out) <= 1.1 * best_gaussian < error(alone)
+
+
+@pytest.mark.slow
+def test_coarse_sampling_invents_no_column():
+    from stem_ae.analysis import find_columns, match_columns
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((192, 192), pixel_size=0.6, dose=1.0, rng=102)  # spacing ≈ 4.6 px
+    nn = scene.lattice.nearest_neighbour()
+    out = denoise(scene.noisy, pixel_size=0.6)
+    match = match_columns(
+        find_columns(out, min_distance=0.5 * nn), scene.columns, 0.3 * nn, shape=out.shape,
+        border=0.5 * nn,
+    )
+    assert match.invented <= 0.01 and match.found >= 0.98

@@ -91,3 +91,82 @@ def test_consistency_correction_removes_a_painted_column_and_leaves_agreement_al
 def test_consistency_correction_rejects_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         consistency_correction(np.ones((8, 8)), np.zeros((8, 8)), 0.0, 1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# correlated noise: the spectrum, the colored SURE, the network's excess
+
+
+def _afterglow(noise, length):
+    """Causal exponential filter along x (detector afterglow), keeping the variance's scale."""
+    out = np.empty_like(noise)
+    q = np.exp(-1.0 / length)
+    out[:, 0] = noise[:, 0]
+    for x in range(1, noise.shape[1]):
+        out[:, x] = (1 - q) * noise[:, x] + q * out[:, x - 1]
+    return out
+
+
+def test_noise_spectrum_predicts_the_variance_of_filtered_correlated_noise():
+    from scipy import ndimage
+
+    from stem_ae._residual import filtered_noise_variance, noise_spectrum
+
+    rng = np.random.default_rng(3)
+    noise = _afterglow(rng.normal(0, 1, (512, 512)), 2.0)
+    spectrum = noise_spectrum(noise)
+    assert abs(spectrum.mean() / noise.var() - 1) < 0.05
+    for sigma in (1.0, 2.0):
+        measured = ndimage.gaussian_filter(noise, sigma).var()
+        white_guess = noise.var() * filtered_noise_variance(np.ones((64, 64)), sigma)
+        predicted = filtered_noise_variance(spectrum, sigma)
+        assert abs(predicted / measured - 1) < 0.1
+        assert measured > 2 * white_guess  # a white-noise model would be far off
+
+
+def test_noise_spectrum_ignores_what_sits_on_the_lattice_reflections():
+    from stem_ae._residual import noise_spectrum
+
+    rng = np.random.default_rng(4)
+    y, x = np.mgrid[:256, :256]
+    error = 0.5 * np.cos(2 * np.pi * x / 8) + 0.5 * np.cos(2 * np.pi * y / 8)  # periodic error
+    residual = error + rng.normal(0, 0.1, x.shape)
+    reciprocal = np.array([[1 / 8, 0.0], [0.0, 1 / 8]])
+    assert abs(noise_spectrum(residual, reciprocal).mean() / 0.01 - 1) < 0.15
+    assert noise_spectrum(residual).mean() > 10 * 0.01  # unmasked, the error counts as noise
+
+
+def test_colored_sure_adds_back_less_of_correlated_noise_than_white_sure():
+    from stem_ae._residual import choose_residual_sigma, noise_spectrum
+
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:256, :256]
+    truth = np.cos(2 * np.pi * x / 12) * np.cos(2 * np.pi * y / 12)
+    noisy = truth + 0.6 * _afterglow(rng.normal(0, 1, truth.shape), 2.5)
+    estimate = 0.8 * truth  # an estimate with a systematic error
+    spectrum = noise_spectrum(noisy - estimate, np.array([[1 / 12, 1 / 12], [1 / 12, -1 / 12]]))
+    white = choose_residual_sigma(noisy, estimate)
+    colored = choose_residual_sigma(noisy, estimate, spectrum=spectrum)
+    assert colored > white
+
+
+def test_network_excess_is_the_estimate_error_over_the_noise():
+    from stem_ae._residual import network_excess
+
+    rng = np.random.default_rng(6)
+    noise = rng.normal(0, 1.0, (256, 256))
+    error = rng.normal(0, 2.0, (256, 256))
+    flat = np.ones((64, 64))
+    assert network_excess(noise, flat) == pytest.approx(0.0, abs=0.02)
+    assert network_excess(noise + error, flat) == pytest.approx(4.0, rel=0.05)
+
+
+def test_smoothing_sigma_grows_with_the_noise():
+    from stem_ae._residual import smoothing_sigma
+
+    rng = np.random.default_rng(8)
+    y, x = np.mgrid[:192, :192]
+    blobs = np.exp(-((x % 16 - 8.0) ** 2 + (y % 16 - 8.0) ** 2) / 18)
+    low = smoothing_sigma(blobs + rng.normal(0, 0.02, x.shape), np.full((64, 64), 0.02**2))
+    high = smoothing_sigma(blobs + rng.normal(0, 0.5, x.shape), np.full((64, 64), 0.5**2))
+    assert high > low
