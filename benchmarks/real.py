@@ -169,6 +169,10 @@ def run_default(image, ctx):
     return stem_ae.denoise(image), ""
 
 
+def run_sure(image, ctx):
+    return stem_ae.denoise(image, residual="sure"), ""
+
+
 def run_network(image, ctx):
     return stem_ae.denoise(image, residual="none"), ""
 
@@ -179,7 +183,8 @@ METHODS = {
     "gaussian": (f"Gaussian σ = {GAUSSIAN_FRACTION:g} × NN", run_gaussian),
     "gaussian_oracle": ("Gaussian, best σ (oracle)", run_gaussian_oracle),
     "bm3d": ("BM3D (σ estimated)", run_bm3d),
-    "default": ("`denoise` default", run_default),
+    "default": ('`denoise` default (`residual="auto"`)', run_default),
+    "sure": ('white-noise SURE correction (`residual="sure"`, the earlier default)', run_sure),
     "network": ('network alone (`residual="none"`)', run_network),
 }
 MONTAGE_METHODS = ("raw", "gaussian", "bm3d", "default", "network")

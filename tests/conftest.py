@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 os.environ.setdefault("MPLBACKEND", "agg")
@@ -14,6 +15,7 @@ import pytest
 matplotlib.use("agg")
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/_helpers.py
 SHARED_DATA = REPO / "data"
 
 

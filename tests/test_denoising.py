@@ -7,31 +7,16 @@ import warnings
 import keras
 import numpy as np
 import pytest
+from _helpers import lattice_image, linear_model
 
+from stem_ae._common import WINDOW
 from stem_ae._resample import resample
 from stem_ae.denoising import denoise
 from stem_ae.lattice import CalibrationWarning, estimate_lattice
 from stem_ae.model import AEConfig, build_autoencoder
 
-WINDOW = 28
-
-
-def _linear_model(kernel: np.ndarray) -> keras.Sequential:
-    """A linear window model ``x -> x @ kernel`` without bias (784 -> 784)."""
-    model = keras.Sequential(
-        [
-            keras.Input((WINDOW, WINDOW)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(WINDOW * WINDOW, use_bias=False),
-            keras.layers.Reshape((WINDOW, WINDOW)),
-        ]
-    )
-    model.layers[1].set_weights([kernel.astype(np.float32)])
-    return model
-
-
-IDENTITY = _linear_model(np.eye(WINDOW * WINDOW))
-MEAN_MODEL = _linear_model(np.full((WINDOW * WINDOW,) * 2, 1.0 / WINDOW**2))
+IDENTITY = linear_model(np.eye(WINDOW * WINDOW))
+MEAN_MODEL = linear_model(np.full((WINDOW * WINDOW,) * 2, 1.0 / WINDOW**2))
 
 
 @pytest.fixture(scope="module")
@@ -40,28 +25,13 @@ def dense_model():
     return build_autoencoder(AEConfig(encoder=(64, 32), code=16))
 
 
-def _lattice_image(shape, spacing, angle_deg, kind, rng):
-    """Sum of cosines with the reciprocal vectors of a square/rectangular/hexagonal lattice."""
-    y, x = np.indices(shape, dtype=float)
-    t = np.deg2rad(angle_deg)
-    directions = {"square": [0, 90], "rectangular": [0, 90], "hexagonal": [0, 60, 120]}[kind]
-    ratios = {"square": [1, 1], "rectangular": [1, 0.7], "hexagonal": [1, 1, 1]}[kind]
-    weights = {"square": [1, 1], "rectangular": [1, 0.8], "hexagonal": [1, 1, 1]}[kind]
-    image = np.zeros(shape)
-    for direction, ratio, weight in zip(directions, ratios, weights, strict=True):
-        phi = t + np.deg2rad(direction)
-        g = np.array([-np.sin(phi), np.cos(phi)]) / (spacing * ratio)
-        image += weight * np.cos(2 * np.pi * (g[0] * y + g[1] * x) + rng.uniform(0, 2 * np.pi))
-    return image + 0.5 * rng.standard_normal(shape)
-
-
 # ---------------------------------------------------------------------------------------------
 # denoise
 
 
 def test_resampling_round_trip_does_not_shift():
     rng = np.random.default_rng(0)
-    image = _lattice_image((200, 180), 16.0, 20.0, "square", rng)
+    image = lattice_image((200, 180), 16.0, 20.0, "square", rng)
     shape = image.shape
     scaled = (97, 83)
     down = resample(image, (0, 0), list(zip(shape, scaled, strict=True)), (0, 0), scaled)
@@ -78,7 +48,7 @@ def test_resampling_round_trip_does_not_shift():
 
 def test_denoise_keeps_shape_dtype_and_units(dense_model):
     rng = np.random.default_rng(2)
-    image = (_lattice_image((96, 90), 8.0, 10.0, "square", rng) * 100 + 33_000).astype(np.uint16)
+    image = (lattice_image((96, 90), 8.0, 10.0, "square", rng) * 100 + 33_000).astype(np.uint16)
     out, spread = denoise(image, model=dense_model, return_uncertainty=True)
     assert out.shape == image.shape and out.dtype == np.float32 and spread.dtype == np.float32
     assert abs(float(np.median(out)) - float(np.median(image))) < 3 * image.std()
@@ -88,13 +58,13 @@ def test_denoise_keeps_shape_dtype_and_units(dense_model):
 def test_denoise_normalisation_round_trip():
     # an identity model on an image already at the model's sampling returns the image
     rng = np.random.default_rng(3)
-    image = _lattice_image((80, 80), 6.364, 0.0, "square", rng) * 250 + 33_000
+    image = lattice_image((80, 80), 6.364, 0.0, "square", rng) * 250 + 33_000
     out = denoise(image, model=IDENTITY)
     np.testing.assert_allclose(out, image, atol=1e-3 * np.ptp(image))
 
 
 def test_denoise_warns_on_calibration_mismatch(dense_model):
-    image = _lattice_image((96, 96), 8.0, 0.0, "square", np.random.default_rng(0))
+    image = lattice_image((96, 96), 8.0, 0.0, "square", np.random.default_rng(0))
     with pytest.warns(CalibrationWarning, match="3.905"):
         denoise(image, model=dense_model, pixel_size=0.3)  # 8 px * 0.3 = 2.4 Å
     with warnings.catch_warnings():
@@ -121,7 +91,7 @@ def test_denoise_warns_on_calibration_mismatch(dense_model):
 )
 def test_denoise_rejects_bad_input(dense_model, image, kwargs, error):
     if image is None:
-        image = _lattice_image((64, 64), 8.0, 0.0, "square", np.random.default_rng(0))
+        image = lattice_image((64, 64), 8.0, 0.0, "square", np.random.default_rng(0))
     kwargs.setdefault("model", dense_model)
     with pytest.raises(error):
         denoise(image, **kwargs)
@@ -129,14 +99,14 @@ def test_denoise_rejects_bad_input(dense_model, image, kwargs, error):
 
 def test_denoise_rejects_images_too_small_after_rescaling(dense_model):
     # spacing 24 px on 96 px: at the model's ~6.4 px sampling it is ~25 px wide
-    image = _lattice_image((96, 96), 24.0, 0.0, "square", np.random.default_rng(0))
+    image = lattice_image((96, 96), 24.0, 0.0, "square", np.random.default_rng(0))
     with pytest.raises(ValueError, match="smaller than the 28 px window"):
         denoise(image, model=dense_model)
 
 
 def test_denoise_stack_equals_frame_by_frame(dense_model):
     rng = np.random.default_rng(5)
-    frames = np.stack([_lattice_image((64, 72), 7.0, 5.0, "square", rng) for _ in range(3)])
+    frames = np.stack([lattice_image((64, 72), 7.0, 5.0, "square", rng) for _ in range(3)])
     stack = denoise(frames, model=dense_model, workers=2)
     assert stack.shape == frames.shape
     single = denoise(frames[1], model=dense_model)
@@ -295,7 +265,10 @@ def test_coarse_sampling_invents_no_column():
     nn = scene.lattice.nearest_neighbour()
     out = denoise(scene.noisy, pixel_size=0.6)
     match = match_columns(
-        find_columns(out, min_distance=0.5 * nn), scene.columns, 0.3 * nn, shape=out.shape,
+        find_columns(out, min_distance=0.5 * nn),
+        scene.columns,
+        0.3 * nn,
+        shape=out.shape,
         border=0.5 * nn,
     )
     assert match.invented <= 0.01 and match.found >= 0.98

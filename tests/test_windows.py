@@ -5,52 +5,22 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+from _helpers import linear_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from stem_ae._common import WINDOW
 from stem_ae.model import AEConfig, build_autoencoder
 from stem_ae.windows import blend_weights, iter_tiles, reconstruct
 
-WINDOW = 28
-
-
-def _linear_model(kernel: np.ndarray) -> keras.Sequential:
-    """A linear window model ``x -> x @ kernel`` without bias (784 -> 784)."""
-    model = keras.Sequential(
-        [
-            keras.Input((WINDOW, WINDOW)),
-            keras.layers.Flatten(),
-            keras.layers.Dense(WINDOW * WINDOW, use_bias=False),
-            keras.layers.Reshape((WINDOW, WINDOW)),
-        ]
-    )
-    model.layers[1].set_weights([kernel.astype(np.float32)])
-    return model
-
-
-IDENTITY = _linear_model(np.eye(WINDOW * WINDOW))
-MEAN_MODEL = _linear_model(np.full((WINDOW * WINDOW,) * 2, 1.0 / WINDOW**2))
+IDENTITY = linear_model(np.eye(WINDOW * WINDOW))
+MEAN_MODEL = linear_model(np.full((WINDOW * WINDOW,) * 2, 1.0 / WINDOW**2))
 
 
 @pytest.fixture(scope="module")
 def dense_model():
     keras.utils.set_random_seed(0)
     return build_autoencoder(AEConfig(encoder=(64, 32), code=16))
-
-
-def _lattice_image(shape, spacing, angle_deg, kind, rng):
-    """Sum of cosines with the reciprocal vectors of a square/rectangular/hexagonal lattice."""
-    y, x = np.indices(shape, dtype=float)
-    t = np.deg2rad(angle_deg)
-    directions = {"square": [0, 90], "rectangular": [0, 90], "hexagonal": [0, 60, 120]}[kind]
-    ratios = {"square": [1, 1], "rectangular": [1, 0.7], "hexagonal": [1, 1, 1]}[kind]
-    weights = {"square": [1, 1], "rectangular": [1, 0.8], "hexagonal": [1, 1, 1]}[kind]
-    image = np.zeros(shape)
-    for direction, ratio, weight in zip(directions, ratios, weights, strict=True):
-        phi = t + np.deg2rad(direction)
-        g = np.array([-np.sin(phi), np.cos(phi)]) / (spacing * ratio)
-        image += weight * np.cos(2 * np.pi * (g[0] * y + g[1] * x) + rng.uniform(0, 2 * np.pi))
-    return image + 0.5 * rng.standard_normal(shape)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -141,7 +111,7 @@ def _variant(kind: str) -> keras.Model:
     if kind == "raw windows":
         return build_autoencoder(AEConfig(encoder=(32,), code=8, normalization="none"))
     if kind == "one layer":
-        return _linear_model(np.random.default_rng(3).normal(size=(WINDOW**2,) * 2) / WINDOW)
+        return linear_model(np.random.default_rng(3).normal(size=(WINDOW**2,) * 2) / WINDOW)
     return _conv_model()
 
 
