@@ -40,6 +40,7 @@ from stem_ae.lattice import (
     LATTICE_CROP,
     LatticeEstimate,
     check_calibration,
+    estimate_spacing,
     measure_lattice,
 )
 from stem_ae.windows import DEFAULT_BLEND, ProgressCallback, check_blend, check_step
@@ -51,6 +52,9 @@ NORMALIZATION_PERCENTILES = (0.1, 99.9)
 CLIP_RANGE = (-1.0, 2.0)
 """After normalisation, values are clipped to this range (hot pixels, dead pixels); everything a
 real image holds between the percentiles, plus a full range on either side, passes untouched."""
+
+MAX_UPSAMPLING = 4.0
+"""Largest magnification of the sampling match (see :func:`_scale_factor`)."""
 
 RESAMPLE_TOLERANCE = 0.02
 """The image is not resampled when the sampling match asks for a scale within 2 % of 1."""
@@ -111,6 +115,11 @@ class _Plan:
     def cell(self) -> float:
         """The larger primitive plane spacing, input px (what the crystal map tiles by)."""
         return max(self.lattice.spacings) if self.lattice is not None else self.spacing
+
+    @property
+    def reciprocal(self):
+        """The measured reciprocal basis (1/px), or None when only a spacing was measured."""
+        return None if self.lattice is None else self.lattice.reciprocal
 
     @property
     def depth(self) -> int:
@@ -313,7 +322,7 @@ def _crystal_mask(image, lazy, plan):
         return crystal_map(
             _normalise(frame, plan),
             plan.cell,
-            reciprocal=plan.lattice.reciprocal,
+            reciprocal=plan.reciprocal,
             origin=origin,
             localize=True,
         )
@@ -436,20 +445,39 @@ def _measure(
         low, high = float(sample.min()), float(sample.max())
     if not high > low:
         raise ValueError("the image is constant: there is no lattice to denoise.")
-    frames = crop.reshape(-1, *crop.shape[-2:])
-    lattice = measure_lattice([np.clip((f - low) / (high - low), *CLIP_RANGE) for f in frames])
-    if pixel_size is not None:
+    frames = [
+        np.clip((f - low) / (high - low), *CLIP_RANGE) for f in crop.reshape(-1, *crop.shape[-2:])
+    ]
+    if pixel_size is not None and not (
+        isinstance(pixel_size, (int, float, np.floating)) and pixel_size > 0
+    ):
+        raise ValueError(f"pixel_size={pixel_size!r} must be a positive number of Å/px.")
+    # the calibration bounds the search to spacings a lattice of atom columns can have; the
+    # lattice constant stays a cross-check only (as a prior it made the mixed crystal/amorphous
+    # scenes of tests/test_denoising.py read a spurious 46 × 17 px cell)
+    calibration = {"pixel_size": pixel_size}
+    try:
+        lattice = measure_lattice(frames, **calibration)
+        dominant, second = lattice.dominant_spacing, lattice.second_spacing
+    except ValueError:
+        if pixel_size is None:
+            raise
+        # no single 2-D lattice (several grains, particles): the radial power profile still
+        # gives the spacing's size, which is all the sampling match needs
+        lattice = None
+        dominant = second = estimate_spacing(frames, **calibration)
+    if pixel_size is not None and lattice is not None:
         check_calibration(lattice, pixel_size, lattice_constant)
     if contrast == "auto":
-        contrast = detect_contrast(np.clip((frames[0] - low) / (high - low), *CLIP_RANGE), lattice)
+        contrast = "bright" if lattice is None else detect_contrast(frames[0], lattice)
     spacing_low, spacing_high = get_config(model).spacing_range
     shape = image.shape[-2:]
-    factor = _scale_factor(lattice, spacing_low, spacing_high)
+    factor = _scale_factor(dominant, second, spacing_low, spacing_high)
     scaled = tuple(max(1, round(n * factor)) for n in shape)
     if min(scaled) < WINDOW:
         raise ValueError(
             f"the image ({shape[0]}×{shape[1]} px, lattice spacing "
-            f"{lattice.dominant_spacing:.1f} px) is {scaled[0]}×{scaled[1]} px at the model's "
+            f"{dominant:.1f} px) is {scaled[0]}×{scaled[1]} px at the model's "
             f"sampling ({spacing_low:.1f}–{spacing_high:.1f} px), smaller than the {WINDOW} px "
             "window; give a larger field of view."
         )
@@ -461,22 +489,24 @@ def _measure(
         step,
         blend,
         BATCH_SIZE,
-        spacing=lattice.dominant_spacing,
+        spacing=dominant,
         lattice=lattice,
         dark=contrast == "dark",
     )
 
 
-def _scale_factor(lattice: LatticeEstimate, low: float, high: float) -> float:
+def _scale_factor(dominant: float, second: float, low: float, high: float) -> float:
     """Magnification that brings the lattice to the model's training spacings.
 
     The geometric mean of the dominant spacing and of the strongest non-collinear one (equal for
-    square and hexagonal lattices) goes to the geometric centre of ``[low, high]``; the factor
-    is then clamped so that the dominant spacing itself lies inside ``[low, high]``.
+    square and hexagonal lattices; px) goes to the geometric centre of ``[low, high]``; the
+    factor is then clamped so that the dominant spacing itself lies inside ``[low, high]``, and
+    never magnifies more than :data:`MAX_UPSAMPLING` (a 2.5 px spacing, the shortest
+    :mod:`stem_ae.lattice` accepts, reaches the 10 px top of the training range at 4×).
     """
-    reference = math.sqrt(lattice.dominant_spacing * lattice.second_spacing)
+    reference = math.sqrt(dominant * second)
     factor = math.sqrt(low * high) / reference
-    factor = min(max(factor, low / lattice.dominant_spacing), high / lattice.dominant_spacing)
+    factor = min(max(factor, low / dominant), high / dominant, MAX_UPSAMPLING)
     if abs(factor - 1.0) <= RESAMPLE_TOLERANCE:
         return 1.0
     return factor
@@ -573,11 +603,9 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
     if residual == "auto":
         # the crystal's tiles alone tell the noise and the network's error: on amorphous parts
         # the network's swirls would count as noise there
-        strength = crystal_map(
-            normalized, plan.cell, reciprocal=plan.lattice.reciprocal, origin=origin
-        )
+        strength = crystal_map(normalized, plan.cell, reciprocal=plan.reciprocal, origin=origin)
         crystal = strength >= 0.5
-        spectrum = noise_spectrum(normalized - estimate, plan.lattice.reciprocal, where=crystal)
+        spectrum = noise_spectrum(normalized - estimate, plan.reciprocal, where=crystal)
         residual_in_crystal = (normalized - estimate)[crystal] if crystal.any() else None
         excess = network_excess(
             normalized - estimate if residual_in_crystal is None else residual_in_crystal,
@@ -640,9 +668,7 @@ def _correct(normalized, estimate, origin, plan, strength=None):
     if not plan.auto or plan.smooth_sigma <= 0:
         return denoised
     if strength is None:
-        strength = crystal_map(
-            normalized, plan.cell, reciprocal=plan.lattice.reciprocal, origin=origin
-        )
+        strength = crystal_map(normalized, plan.cell, reciprocal=plan.reciprocal, origin=origin)
     if strength.min() >= 1.0:
         return denoised
     smooth = ndimage.gaussian_filter(normalized, plan.smooth_sigma, mode="reflect", truncate=4.0)
