@@ -1023,6 +1023,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         pool_size=args.pool_size,
         callbacks=[_EpochPrinter()],
+        verbose=0,  # the epoch printer says it once
     )
     if out.exists() and args.overwrite:
         import shutil

@@ -156,26 +156,40 @@ def denoise(
 
     1. **Normalisation.** The 0.1 and 99.9 percentiles of the data (a strided subsample of at
        most ~1 Mpx) are mapped to 0 and 1 and values are clipped to ``[-1, 2]``, so raw counts on
-       an offset, any dose, hot and dead pixels all look alike; this is undone at the end.
+       an offset, any dose, hot and dead pixels all look alike; this is undone at the end. A
+       dark-column image (ABF, BF; ``contrast``) is mapped the other way round, so the network
+       always sees bright columns, and is returned in its own contrast.
     2. **Sampling match.** The lattice is measured from the Fourier transform
-       (:func:`estimate_lattice`, once per series on up to 8 frames) and the image is resampled
+       (:func:`stem_ae.measure_lattice`, once per series on up to 4 frames; with ``pixel_size``
+       only plane spacings of 1–20 Å are searched, and when no single 2-D lattice stands out
+       there the radial power profile gives the spacing) and the image is resampled
        (pixel-centre convention, anti-aliased, cubic) so that its spacings land in the range the
-       model was trained on (:func:`_scale_factor`); no resampling within 2 % of the target.
+       model was trained on (:func:`_scale_factor`, at most :data:`MAX_UPSAMPLING`×); no
+       resampling within 2 % of the target.
     3. **Reconstruction** with :func:`stem_ae.reconstruct` (floating window, reflected borders).
     4. Resampling back to exactly the input shape.
-    5. **Residual correction** (``residual="sure"``): the auto-encoder has an error floor and can
-       fill a vacancy with a column it expects; ``G_s * (image − output)``, the residual low-passed
-       by a Gaussian of ``s`` px, is added back, with ``s`` chosen by Stein's unbiased risk
-       estimate on the central crop of the (first) frame (:mod:`stem_ae._residual`), never
-       below :data:`RESIDUAL_FLOOR` × the lattice spacing (so that pixel noise, which moves the
-       fitted column positions, is not put back). This keeps
-       the result consistent with the measured data: on simulated scenes it lifts PSNR from the
-       auto-encoder's ≈25 dB ceiling to above the best (oracle) Gaussian filter at every dose.
-       Then a local consistency test (:func:`stem_ae._residual.consistency_correction`, also
-       only with ``residual="sure"``): where the remaining residual, averaged over a column-sized
-       Gaussian, is more than 2 noise standard deviations off, it is put back — a column the
-       network painted into a vacancy is taken out even where the data are too weak to move the
-       global bandwidth.
+    5. **Correction** (``residual="auto"``, the default), planned once on the central crop of
+       the (first) frame (:mod:`stem_ae._residual`, :mod:`stem_ae._crystal`):
+
+       * the *crystal map*: the peak contrast of the local power spectrum, tile by tile, tells
+         a lattice from amorphous material, vacuum or noise, whatever the grain's orientation;
+       * the *noise spectrum*, from the residual ``image − output`` on the crystal's tiles with
+         the lattice reflections masked (Welch): valid for the correlated noise of real scans
+         (scan-line streaks, interpolated frame averages, detector afterglow);
+       * the network's *excess error*, SURE's estimate of its mean squared error over the noise
+         variance: the residual low-passed by a Gaussian (bandwidth by SURE under that
+         spectrum) is added back with a weight rising from 0 at an excess of 1 to 1 at 2
+         (:data:`EXCESS_RANGE`). On noisy real images (excess 0.2–0.6) nothing is added: any
+         data put back costs column precision there; at a high dose the data win;
+       * a one-sided local consistency test: where the network is brighter than the data by
+         more than 3 noise standard deviations of a column-sized average (correlated noise
+         included), the data are put back — a column painted where the data show none;
+       * outside the crystal the output goes smoothly over to the data filtered by a Gaussian
+         whose bandwidth SURE chooses there: nothing the network drew on amorphous material or
+         vacuum is kept.
+
+       ``residual="sure"`` is the earlier default (white-noise SURE correction, always, and a
+       two-sided consistency test at 2σ); ``"none"`` the network alone.
     6. Undoing the normalisation.
 
     Parameters
@@ -217,9 +231,18 @@ def denoise(
     progress : callable (done, total) -> None, optional
         Called as windows (single in-memory image) or frames/tiles are finished.
 
-    residual : {"sure", "none"} or float
-        Residual correction (step 5): ``"sure"`` chooses the bandwidth, ``"none"`` returns the
-        auto-encoder's output alone, a number ≥ 0 fixes the bandwidth in px.
+    residual : {"auto", "sure", "none"} or float
+        Correction (step 5): ``"auto"`` (default) as above, ``"sure"`` the white-noise SURE
+        correction, ``"none"`` the auto-encoder's output alone, a number ≥ 0 fixes the
+        bandwidth of the low-passed residual in px.
+    contrast : {"auto", "bright", "dark"}
+        Column contrast: ``"bright"`` (HAADF, ADF), ``"dark"`` (ABF, BF) or ``"auto"``: dark
+        when the image folded into its unit cell dips below its median more than it rises
+        (:func:`detect_contrast`).
+    return_mask : bool
+        Also return the crystal map, float32 in [0, 1] (1: a lattice; 0: amorphous, vacuum,
+        noise), same shape as ``image``; all ones when the whole image is taken as one crystal
+        or ``residual`` is not ``"auto"``.
 
     Returns
     -------
@@ -227,6 +250,8 @@ def denoise(
         In the units of ``image``; a Dask input gives a lazy Dask array.
     spread : same type and shape, float32
         Only with ``return_uncertainty``.
+    mask : same type and shape, float32
+        Only with ``return_mask``, last.
 
     For a ``Signal2D`` input both are ``Signal2D`` with its axes (scale, units, offset),
     metadata and original metadata, and the record of processing

@@ -364,7 +364,7 @@ def train(
     pool_size: int | None = None,
     processes: int = 1,
     precision: str = "float32",
-    verbose: int = 0,
+    verbose: int = 2,
 ) -> tuple[keras.Sequential, keras.callbacks.History]:
     """Train an auto-encoder on windows streamed from the simulator.
 
@@ -405,7 +405,8 @@ def train(
         matrix products) trains about twice as fast on CPUs with AMX/AVX512-BF16; the returned
         model is float32 either way.
     verbose : int
-        Passed to ``Model.fit``; 0 (silent) by default.
+        Passed to ``Model.fit``: 2 (default) prints one line per epoch (loss, validation loss,
+        time), 1 a progress bar, 0 nothing.
 
     Returns
     -------
