@@ -1,0 +1,112 @@
+"""Seconds and peak memory of ``stem_ae.denoise`` at default settings, AMX on and off, vs BM3D.
+
+Each case runs in a fresh child process (so that oneDNN reads ``ONEDNN_MAX_CPU_ISA`` at start-up
+and peak RSS is that case's alone): a simulated 1024² SrTiO3 scene at 0.2 Å/px and 16 counts/px,
+``denoise`` with the shipped ``general`` model at its defaults (step 2, ``residual="auto"``),
+timed on a second call (the first traces the TensorFlow function), and BM3D (PyPI ``bm3d``,
+Anscombe transform, ``sigma_psd=1``) on the same image. ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``
+keeps oneDNN off AMX, as on CPUs without it (the reviewers' 2-core AMD EPYC); on a CPU without
+AMX both rows run the same code. Prints ratios measured side by side in one run.
+
+Run ``python benchmarks/denoise_speed.py`` (``--size 512`` for a quicker run). Writes
+``benchmarks/results/denoise_speed.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+from stem_ae.simulate import simulate_scene
+size, method = int(sys.argv[1]), sys.argv[2]
+image = simulate_scene((size, size), pixel_size=0.2, dose=16.0, rng=5).noisy
+if method == "bm3d":
+    import bm3d
+    start = time.perf_counter()
+    z = 2.0 * np.sqrt(np.maximum(image, 0) + 3.0 / 8.0)
+    bm3d.bm3d(z, sigma_psd=1.0)
+    seconds = time.perf_counter() - start
+else:
+    import stem_ae
+    stem_ae.denoise(image[:256, :256])  # load the model, trace the function
+    start = time.perf_counter()
+    stem_ae.denoise(image)
+    seconds = time.perf_counter() - start
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+print(json.dumps({"seconds": seconds, "rss_gib": rss}))
+"""
+
+CASES = (
+    ("denoise, oneDNN default ISA", "denoise", {}),
+    ("denoise, AMX off", "denoise", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
+    ("BM3D (Anscombe)", "bm3d", {}),
+)
+
+
+def has_amx() -> bool:
+    try:
+        return "amx" in Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=1024)
+    args = parser.parse_args(argv)
+    rows = []
+    for label, method, env in CASES:
+        child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+        started = time.perf_counter()
+        out = subprocess.run(
+            [sys.executable, "-c", CHILD, str(args.size), method],
+            capture_output=True,
+            text=True,
+            env=child_env,
+            check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        rows.append((label, result["seconds"], result["rss_gib"], time.perf_counter() - started))
+        print(f"{label:30s} {result['seconds']:7.2f} s  peak RSS {result['rss_gib']:.2f} GiB")
+    bm3d_seconds = rows[-1][1]
+    lines = [
+        "# `denoise` speed, AMX on and off, against BM3D",
+        "",
+        f"Command: `python benchmarks/denoise_speed.py --size {args.size}`. {args.size}² px "
+        f"simulated SrTiO3, 0.2 Å/px, 16 counts/px; `denoise` defaults (shipped `general`, "
+        f'step 2, `residual="auto"`), second call. Machine: {platform.machine()}, '
+        f"{os.cpu_count()} cores, AMX {'present' if has_amx() else 'absent'}; "
+        f"load average {os.getloadavg()[0]:.1f} at the end; {time.strftime('%Y-%m-%d %H:%M')}.",
+        "",
+        "| case | seconds | peak RSS (GiB) | BM3D / case |",
+        "|---|---|---|---|",
+        *(
+            f"| {label} | {s:.2f} | {rss:.2f} | {bm3d_seconds / s:.1f}× |"
+            for label, s, rss, _ in rows
+        ),
+        "",
+    ]
+    RESULTS.mkdir(exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=RESULTS, suffix=".part")
+    with os.fdopen(handle, "w") as stream:
+        stream.write("\n".join(lines))
+    os.chmod(temporary, 0o644)
+    os.replace(temporary, RESULTS / "denoise_speed.md")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
