@@ -36,7 +36,7 @@ def test_tiles_equal_the_in_memory_result(model):
     image = _crystal((420, 390))
     reference, reference_spread = denoise(image, model=model, return_uncertainty=True)
     lazy, lazy_spread = denoise(
-        da.from_array(image, chunks=(140, 130)), model=model, return_uncertainty=True
+        da.from_array(image, chunks=(210, 195)), model=model, return_uncertainty=True
     )
     assert isinstance(lazy, da.Array) and lazy.dtype == np.float32
     assert lazy.numblocks[0] > 1 and lazy.numblocks[1] > 1  # really tiled

@@ -272,3 +272,29 @@ def test_coarse_sampling_invents_no_column():
         border=0.5 * nn,
     )
     assert match.invented <= 0.01 and match.found >= 0.98
+
+
+@pytest.mark.slow
+def test_default_takes_out_columns_painted_into_vacancies():
+    from scipy.spatial import cKDTree
+
+    from stem_ae.analysis import find_columns, match_columns
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene(
+        (192, 192), defect=["vacancies"], vacancy_fraction=0.1, pixel_size=0.3, dose=4.0, rng=21
+    )
+    vacancies = np.asarray(scene.metadata["vacancies"]["positions"], float).reshape(-1, 2)
+    nn = scene.lattice.nearest_neighbour()
+
+    def filled(image):
+        columns = find_columns(image, min_distance=0.5 * nn)
+        match = match_columns(columns, scene.columns, 0.3 * nn)
+        invented = np.setdiff1d(np.arange(len(columns)), match.pairs[:, 0])
+        if not len(invented):
+            return 0.0
+        distance, _ = cKDTree(columns[invented]).query(vacancies)
+        return float(np.mean(distance < 0.3 * nn))
+
+    assert filled(denoise(scene.noisy, pixel_size=0.3, residual="none")) > 0.5
+    assert filled(denoise(scene.noisy, pixel_size=0.3)) <= 0.05
