@@ -716,7 +716,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):
             started = time.perf_counter()
             count = f" ({index + 1}/{len(inputs)})" if len(inputs) > 1 else ""
-            bar.set_description(f"{meta.path.name}{count}")
+            factor = _resampling_factor(lattice, model)
+            bar.set_description(f"{meta.path.name}{count}, resampled x{factor:.2g}")
             images[index] = None  # let each input go once it is done
             if image is None:
                 image, _ = _read(meta.path)

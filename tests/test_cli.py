@@ -510,7 +510,7 @@ def test_progress_bar_under_a_terminal_counts_whole_percent(work, tiny_model):
     _, status = os.waitpid(pid, 0)
     text = output.decode(errors="replace")
     assert os.waitstatus_to_exitcode(status) == 0, text
-    assert "lattice.npy" in text and "100%|" in text
+    assert "lattice.npy" in text and "100%|" in text and "resampled x" in text
     assert "/1 [" not in text and "file/s" not in text and "s/file" not in text
 
 
