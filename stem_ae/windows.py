@@ -424,6 +424,8 @@ def _fast(
         if progress is not None:
             progress(r1 * nx, ny * nx)
 
+    if progress is not None:  # the windows are counted: say so before the first band is done
+        progress(0, ny * nx)
     pending: deque = deque()
     with ThreadPoolExecutor(PIPELINE) as pool:
         for r0 in range(0, ny, rows_per_chunk):

@@ -146,6 +146,8 @@ def test_progress_reports_all_windows(dense_model):
     calls = []
     reconstruct(np.ones((40, 40)), dense_model, step=4, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1][0] == calls[-1][1] and len(calls) >= 1
+    assert calls[0][0] == 0  # a first call before any band is done
+    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
 
 
 @pytest.mark.parametrize(
