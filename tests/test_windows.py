@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import keras
 import numpy as np
 import pytest
@@ -147,7 +149,7 @@ def test_progress_reports_all_windows(dense_model):
     reconstruct(np.ones((40, 40)), dense_model, step=4, progress=lambda d, t: calls.append((d, t)))
     assert calls[-1][0] == calls[-1][1] and len(calls) >= 1
     assert calls[0][0] == 0  # a first call before any band is done
-    assert all(a[0] <= b[0] for a, b in zip(calls, calls[1:], strict=False))
+    assert all(a[0] <= b[0] for a, b in itertools.pairwise(calls))
 
 
 @pytest.mark.parametrize(
