@@ -12,15 +12,14 @@ Run ``python benchmarks/crystal.py``; writes ``benchmarks/results/crystal.md``.
 
 from __future__ import annotations
 
-import os
 import resource
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from stem_ae._crystal import CONTRAST_RANGE, peak_contrast, tile_side
+from stem_ae.io import _atomic_write
 from stem_ae.simulate import simulate_mixed_scene, simulate_scene
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -80,11 +79,7 @@ def main() -> None:
         ]
     )
     RESULTS.mkdir(exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=RESULTS, suffix=".part")
-    with os.fdopen(handle, "w") as stream:
-        stream.write(text)
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, RESULTS / "crystal.md")
+    _atomic_write(RESULTS / "crystal.md", lambda tmp: tmp.write_text(text), overwrite=True)
     print(f"{elapsed:.0f} s, peak RSS {rss:.2f} GiB -> {RESULTS / 'crystal.md'}")
 
 

@@ -20,9 +20,10 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
+
+from stem_ae.io import _atomic_write
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -99,11 +100,9 @@ def main(argv=None) -> int:
         "",
     ]
     RESULTS.mkdir(exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=RESULTS, suffix=".part")
-    with os.fdopen(handle, "w") as stream:
-        stream.write("\n".join(lines))
-    os.chmod(temporary, 0o644)
-    os.replace(temporary, RESULTS / "denoise_speed.md")
+    _atomic_write(
+        RESULTS / "denoise_speed.md", lambda tmp: tmp.write_text("\n".join(lines)), overwrite=True
+    )
     print("\n".join(lines))
     return 0
 

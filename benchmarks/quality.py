@@ -62,7 +62,6 @@ import math
 import os
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -80,6 +79,7 @@ from stem_ae.analysis import (
     psnr,
     ssim,
 )
+from stem_ae.io import _atomic_write
 from stem_ae.plotting import METHOD_COLORS
 from stem_ae.simulate import REGIONS, NoiseModel, simulate_mixed_scene, simulate_scene
 
@@ -534,21 +534,6 @@ def goal_lines(by_dose):
     return lines
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write through ``write(tmp)`` to a temporary file, then move it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=path.suffix, delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; results are for everyone to read
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_csv(rows, path):
     def write(tmp):
         with open(tmp, "w", newline="") as f:
@@ -556,7 +541,7 @@ def write_csv(rows, path):
             writer.writeheader()
             writer.writerows(rows)
 
-    write_atomic(path, write)
+    _atomic_write(path, write, overwrite=True)
 
 
 def _minor_label(value, _position) -> str:
@@ -605,7 +590,7 @@ def plot(by_case, methods, path):
     ncol = 4 if len(sizes) > 1 else 2
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / ncol), 1, 1))
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"))
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"), overwrite=True)
     plt.close(fig)
 
 
@@ -687,7 +672,7 @@ def write_markdown(rows, methods, missing, path, args, elapsed):
             for r in failures
         ]
     text.append("")
-    write_atomic(path, lambda tmp: tmp.write_text("\n".join(text)))
+    _atomic_write(path, lambda tmp: tmp.write_text("\n".join(text)), overwrite=True)
     return by_case
 
 

@@ -57,7 +57,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 import types
 from dataclasses import dataclass
@@ -75,6 +74,7 @@ import realdata
 
 import stem_ae
 from stem_ae.analysis import find_columns, fit_lattice, lattice_motif, method_noise
+from stem_ae.io import _atomic_write
 
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "benchmarks" / "results"
@@ -320,21 +320,6 @@ def _fmt(value, digits=2, percent=False) -> str:
     return f"{100 * value:.{digits - 1}f} %" if percent else f"{value:.{digits}f}"
 
 
-def write_atomic(path: Path, write) -> None:
-    """Write through ``write(tmp)`` to a temporary file beside ``path``, then move it in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, suffix=path.suffix, delete=False) as f:
-        tmp = Path(f.name)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_csv(rows, path: Path) -> None:
     def write(tmp):
         with open(tmp, "w", newline="") as handle:
@@ -345,7 +330,7 @@ def write_csv(rows, path: Path) -> None:
                     {k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
                 )
 
-    write_atomic(path, write)
+    _atomic_write(path, write, overwrite=True)
 
 
 def plot_montage(montage, path: Path) -> None:
@@ -382,7 +367,7 @@ def plot_montage(montage, path: Path) -> None:
         fontsize=8,
     )
     fig.tight_layout()
-    write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"), overwrite=True)
     plt.close(fig)
 
 
@@ -476,7 +461,9 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
             ]
         text.append("")
     text += goal_check(rows, images)
-    write_atomic(path, lambda tmp: Path(tmp).write_text("\n".join(text), encoding="utf-8"))
+    _atomic_write(
+        path, lambda tmp: Path(tmp).write_text("\n".join(text), encoding="utf-8"), overwrite=True
+    )
 
 
 def _kept(row) -> float:
@@ -546,6 +533,7 @@ def main(argv=None) -> int:
         images = [image for image in images if image.wheel is None]
         methods = [m for m in methods if m not in ("bm3d", "gaussian_oracle")]
     out = args.out or (REPO / "build" / "real_quick" if args.quick else RESULTS)
+    out.mkdir(parents=True, exist_ok=True)
     try:
         for image in images:
             realdata.locate(image)
