@@ -437,44 +437,21 @@ def _check_pixels(image, path: Path) -> None:
         )
 
 
-def _measure_lattice(image, path: Path, pixel_size=None, lattice_constant=None):
+def _measure_lattice(image, path: Path, pixel_size=None):
     """The lattice of the image (power spectra summed over up to 4 frames, as denoise does).
 
-    With a calibration, only plane spacings an atomic lattice can have are searched; when no
-    single 2-D lattice stands out there (several grains, particles), the radial power profile's
-    spacing is returned as an isotropic estimate (``quality`` NaN), as ``denoise`` uses it.
+    With a calibration, only plane spacings an atomic lattice can have are searched, and the
+    radial spacing stands in where no single 2-D lattice stands out, as in ``denoise``.
     """
-    import math
-
     import numpy as np
 
-    from stem_ae.lattice import LatticeEstimate, estimate_spacing, measure_lattice
+    from stem_ae.lattice import measure_lattice_or_spacing
 
     frames = np.asarray(image if image.ndim == 2 else image[:: max(1, len(image) // 4)], float)
-    # the calibration bounds the search to spacings a lattice of atom columns can have; the
-    # lattice constant stays a cross-check only (as a prior it made the mixed crystal/amorphous
-    # scenes of tests/test_denoising.py read a spurious 46 × 17 px cell)
-    calibration = {"pixel_size": pixel_size}
     try:
-        return measure_lattice(frames, **calibration)
+        return measure_lattice_or_spacing(frames, pixel_size=pixel_size)
     except ValueError as error:
         problem = error
-    if pixel_size is not None:
-        try:
-            spacing = estimate_spacing(frames, **calibration)
-        except ValueError:
-            pass
-        else:
-            return LatticeEstimate(
-                np.eye(2) / spacing,
-                (spacing, spacing),
-                (0.0, 90.0),
-                spacing,
-                0.0,
-                spacing,
-                math.nan,
-                spacing,
-            )
     raise UsageError(
         f"no crystal lattice found in {path} ({_one_line(problem)}) — stem-ae denoises "
         f"atomic-resolution images of crystals; check that it is not vacuum, amorphous or "
@@ -657,10 +634,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         image, meta = _read(source)
         _check_pixels(image, source)
         lattice = _measure_lattice(
-            image,
-            source,
-            pixel_size if pixel_size is not None else meta.pixel_size,
-            3.905 if lattice_constant is None else (lattice_constant or None),
+            image, source, pixel_size if pixel_size is not None else meta.pixel_size
         )
         kept_bytes += image.nbytes
         images.append((image if kept_bytes <= _KEEP_BYTES else None, meta, lattice))
@@ -746,10 +720,9 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                     from stem_ae.denoising import detect_contrast
 
                     first = image if image.ndim == 2 else image[0]
-                    radial_only = lattice.quality != lattice.quality  # NaN: a spacing, no lattice
                     contrast = (
                         "bright"
-                        if radial_only
+                        if lattice.radial_only
                         else detect_contrast(np.asarray(first, np.float64), lattice)
                     )
                 result = denoise(
@@ -879,7 +852,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
         lines.append(("lattice", "not measured (image too small, constant or not finite)"))
     else:
         try:
-            lattice = _measure_lattice(image, path, meta.pixel_size, 3.905)
+            lattice = _measure_lattice(image, path, meta.pixel_size)
         except UsageError:
             lines.append(("lattice", "none found (vacuum, amorphous or too noisy?)"))
         else:

@@ -41,8 +41,8 @@ from stem_ae.lattice import (
     LATTICE_CROP,
     LatticeEstimate,
     check_calibration,
-    estimate_spacing,
     measure_lattice,
+    measure_lattice_or_spacing,
 )
 from stem_ae.windows import DEFAULT_BLEND, ProgressCallback, check_blend, check_step
 from stem_ae.windows import reconstruct_normalized as _reconstruct
@@ -122,7 +122,9 @@ class _Plan:
     @property
     def reciprocal(self):
         """The measured reciprocal basis (1/px), or None when only a spacing was measured."""
-        return None if self.lattice is None else self.lattice.reciprocal
+        if self.lattice is None or self.lattice.radial_only:
+            return None
+        return self.lattice.reciprocal
 
     @property
     def depth(self) -> int:
@@ -478,28 +480,15 @@ def _measure(
     frames = [
         np.clip((f - low) / (high - low), *CLIP_RANGE) for f in crop.reshape(-1, *crop.shape[-2:])
     ]
-    if pixel_size is not None and not (
-        isinstance(pixel_size, (int, float, np.floating)) and pixel_size > 0
-    ):
-        raise ValueError(f"pixel_size={pixel_size!r} must be a positive number of Å/px.")
     # the calibration bounds the search to spacings a lattice of atom columns can have; the
     # lattice constant stays a cross-check only (as a prior it made the mixed crystal/amorphous
     # scenes of tests/test_denoising.py read a spurious 46 × 17 px cell)
-    calibration = {"pixel_size": pixel_size}
-    try:
-        lattice = measure_lattice(frames, **calibration)
-        dominant, second = lattice.dominant_spacing, lattice.second_spacing
-    except ValueError:
-        if pixel_size is None:
-            raise
-        # no single 2-D lattice (several grains, particles): the radial power profile still
-        # gives the spacing's size, which is all the sampling match needs
-        lattice = None
-        dominant = second = estimate_spacing(frames, **calibration)
-    if pixel_size is not None and lattice is not None:
+    lattice = measure_lattice_or_spacing(frames, pixel_size=pixel_size)
+    dominant, second = lattice.dominant_spacing, lattice.second_spacing
+    if pixel_size is not None and not lattice.radial_only:
         check_calibration(lattice, pixel_size, lattice_constant)
     if contrast == "auto":
-        contrast = "bright" if lattice is None else detect_contrast(frames[0], lattice)
+        contrast = "bright" if lattice.radial_only else detect_contrast(frames[0], lattice)
     spacing_low, spacing_high = get_config(model).spacing_range
     shape = image.shape[-2:]
     factor = _scale_factor(dominant, second, spacing_low, spacing_high)

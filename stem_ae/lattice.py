@@ -108,6 +108,26 @@ class LatticeEstimate:
     quality: float
     radial_spacing: float = math.nan
 
+    @classmethod
+    def from_spacing(cls, spacing: float) -> LatticeEstimate:
+        """An isotropic stand-in when only a spacing is known (radial profile, px)."""
+        spacing = float(spacing)
+        return cls(
+            np.eye(2) / spacing,
+            (spacing, spacing),
+            (0.0, 90.0),
+            spacing,
+            0.0,
+            spacing,
+            math.nan,
+            spacing,
+        )
+
+    @property
+    def radial_only(self) -> bool:
+        """True for :meth:`from_spacing`: a spacing, but no 2-D lattice (no orientation)."""
+        return math.isnan(self.quality)
+
 
 def _angle(g: np.ndarray) -> float:
     return float(round(float(np.degrees(np.arctan2(-g[0], g[1]))), 6) % 180.0)
@@ -1080,6 +1100,33 @@ def measure_lattice(
     8.0
     """
     return _measure(_frames(frames), pixel_size, lattice_constant)
+
+
+def measure_lattice_or_spacing(frames, *, pixel_size: float | None = None) -> LatticeEstimate:
+    """:func:`measure_lattice`, or, with a calibration, the radial spacing when that fails.
+
+    Several grains or particles at different orientations show no single 2-D lattice, but the
+    radial power profile still gives the spacing's size (:func:`estimate_spacing`), which is all
+    a sampling match needs. Without ``pixel_size`` nothing bounds that search to spacings a
+    lattice of atom columns can have, so the failure stands. What ``denoise`` and ``stem-ae``
+    measure.
+
+    Returns
+    -------
+    LatticeEstimate
+        The lattice, or :meth:`LatticeEstimate.from_spacing` (``radial_only``).
+
+    Raises
+    ------
+    ValueError
+        As :func:`measure_lattice`, when no spacing stands out either.
+    """
+    try:
+        return measure_lattice(frames, pixel_size=pixel_size)
+    except ValueError:
+        if pixel_size is None:
+            raise
+    return LatticeEstimate.from_spacing(estimate_spacing(frames, pixel_size=pixel_size))
 
 
 def estimate_spacing(

@@ -298,3 +298,15 @@ def test_default_takes_out_columns_painted_into_vacancies():
 
     assert filled(denoise(scene.noisy, pixel_size=0.3, residual="none")) > 0.5
     assert filled(denoise(scene.noisy, pixel_size=0.3)) <= 0.05
+
+
+def test_denoise_without_a_2d_lattice_uses_the_radial_spacing_with_a_calibration(dense_model):
+    y, x = np.indices((160, 160), dtype=float)
+    direction = np.radians(35.0)
+    fringes = np.cos(2 * np.pi * (x * np.cos(direction) - y * np.sin(direction)) / 9.0)
+    image = fringes + np.random.default_rng(4).standard_normal(x.shape)
+    with pytest.raises(ValueError, match="one family"):
+        denoise(image, model=dense_model)
+    out, mask = denoise(image, model=dense_model, pixel_size=0.2, return_mask=True)
+    assert out.shape == image.shape and np.isfinite(out).all()
+    np.testing.assert_array_equal(mask, np.ones(image.shape, np.float32))  # no map: no lattice

@@ -233,3 +233,21 @@ def test_lattice_estimate_is_frozen_and_picklable():
     assert copy.radial_spacing == pytest.approx(lattice.radial_spacing, nan_ok=True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         lattice.quality = 0.0
+
+
+def test_measure_lattice_or_spacing_falls_back_only_with_a_calibration():
+    from stem_ae.lattice import measure_lattice_or_spacing
+
+    y, x = np.indices((192, 192), dtype=float)
+    rng = np.random.default_rng(4)
+    direction = np.radians(35.0)
+    fringes = np.cos(2 * np.pi * (x * np.cos(direction) - y * np.sin(direction)) / 9.0)
+    image = fringes + rng.standard_normal(x.shape)  # one family of planes: no 2-D lattice
+    with pytest.raises(ValueError, match="one family"):
+        measure_lattice_or_spacing(image)
+    radial = measure_lattice_or_spacing(image, pixel_size=0.2)  # 9 px = 1.8 Å
+    assert radial.radial_only and abs(radial.dominant_spacing - 9.0) < 0.2
+    lattice = measure_lattice_or_spacing(lattice_image((128, 128), 9.0, 10.0, "square", rng))
+    assert not lattice.radial_only
+    with pytest.raises(ValueError, match="pixel_size"):
+        measure_lattice_or_spacing(image, pixel_size=-1.0)
