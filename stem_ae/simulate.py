@@ -611,6 +611,24 @@ def _render_windows(pos, inten, sigma, window, table=None):
     return np.matmul(gy.transpose(0, 2, 1), gx)
 
 
+def _tiles_with_columns(shape, columns, reach, tile):
+    """Tiles ``(y0, y1, x0, x1, sel)`` of ``shape`` with the columns within ``reach`` px of each
+    (``sel`` a boolean mask over ``columns``); tiles no column reaches are skipped."""
+    h, w = shape
+    for y0 in range(0, h, tile):
+        y1 = min(y0 + tile, h)
+        for x0 in range(0, w, tile):
+            x1 = min(x0 + tile, w)
+            sel = (
+                (columns[:, 0] >= y0 - reach)
+                & (columns[:, 0] <= y1 - 1 + reach)
+                & (columns[:, 1] >= x0 - reach)
+                & (columns[:, 1] <= x1 - 1 + reach)
+            )
+            if sel.any():
+                yield y0, y1, x0, x1, sel
+
+
 def _render_image(shape, columns, intensities, sigma, tile=128):
     """Render columns ((N, 2) (y, x) px, intensities (N,), sigma scalar or (N,)) into ``shape``.
 
@@ -622,23 +640,12 @@ def _render_image(shape, columns, intensities, sigma, tile=128):
     if len(columns) == 0:
         return out
     reach = GAUSS_CUTOFF * sig.max() + 1
-    for y0 in range(0, h, tile):
-        y1 = min(y0 + tile, h)
-        for x0 in range(0, w, tile):
-            x1 = min(x0 + tile, w)
-            sel = (
-                (columns[:, 0] >= y0 - reach)
-                & (columns[:, 0] <= y1 - 1 + reach)
-                & (columns[:, 1] >= x0 - reach)
-                & (columns[:, 1] <= x1 - 1 + reach)
-            )
-            if not sel.any():
-                continue
-            s = sig[sel]
-            inv = -0.5 / s**2
-            gy = np.exp((np.arange(y0, y1)[None, :] - columns[sel, 0, None]) ** 2 * inv[:, None])
-            gx = np.exp((np.arange(x0, x1)[None, :] - columns[sel, 1, None]) ** 2 * inv[:, None])
-            out[y0:y1, x0:x1] = (gy * intensities[sel, None]).T @ gx
+    for y0, y1, x0, x1, sel in _tiles_with_columns((h, w), columns, reach, tile):
+        s = sig[sel]
+        inv = -0.5 / s**2
+        gy = np.exp((np.arange(y0, y1)[None, :] - columns[sel, 0, None]) ** 2 * inv[:, None])
+        gx = np.exp((np.arange(x0, x1)[None, :] - columns[sel, 1, None]) ** 2 * inv[:, None])
+        out[y0:y1, x0:x1] = (gy * intensities[sel, None]).T @ gx
     return out
 
 
@@ -654,23 +661,12 @@ def _render_rims(shape, columns, intensities, sigma, tile=128):
         return out
     s = float(sigma)
     reach = 6.0 * s + 1
-    for y0 in range(0, h, tile):
-        y1 = min(y0 + tile, h)
-        for x0 in range(0, w, tile):
-            x1 = min(x0 + tile, w)
-            sel = (
-                (columns[:, 0] >= y0 - reach)
-                & (columns[:, 0] <= y1 - 1 + reach)
-                & (columns[:, 1] >= x0 - reach)
-                & (columns[:, 1] <= x1 - 1 + reach)
-            )
-            if not sel.any():
-                continue
-            ty = (np.arange(y0, y1)[None, :] - columns[sel, 0, None]) ** 2 / (2 * s * s)
-            tx = (np.arange(x0, x1)[None, :] - columns[sel, 1, None]) ** 2 / (2 * s * s)
-            gy, gx = np.exp(-ty), np.exp(-tx)
-            weight = (math.e * intensities[sel])[:, None]
-            out[y0:y1, x0:x1] = (ty * gy * weight).T @ gx + (gy * weight).T @ (tx * gx)
+    for y0, y1, x0, x1, sel in _tiles_with_columns((h, w), columns, reach, tile):
+        ty = (np.arange(y0, y1)[None, :] - columns[sel, 0, None]) ** 2 / (2 * s * s)
+        tx = (np.arange(x0, x1)[None, :] - columns[sel, 1, None]) ** 2 / (2 * s * s)
+        gy, gx = np.exp(-ty), np.exp(-tx)
+        weight = (math.e * intensities[sel])[:, None]
+        out[y0:y1, x0:x1] = (ty * gy * weight).T @ gx + (gy * weight).T @ (tx * gx)
     return out
 
 
