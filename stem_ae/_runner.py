@@ -1,8 +1,9 @@
 """The auto-encoder as a fast function of windows (TensorFlow, imported lazily).
 
 :class:`_Runner` folds the per-window standardisation (``docs/design.md``) into the model: a
-plain chain of Dense layers (every shipped model) runs as one compiled TensorFlow function over a
-band of image rows (:func:`_band_chain`), any other Keras model on windows gathered as columns.
+plain chain of Dense layers runs as one compiled TensorFlow function over a band of image rows
+(:func:`_band_chain`), a convolutional auto-encoder (``architecture="conv"``) as its layers over
+a whole band (:meth:`Runner.convolve`), any other Keras model on windows gathered as columns.
 Used by :mod:`stem_ae.windows`; nothing here knows about images, tiles or denoising.
 """
 
@@ -12,6 +13,23 @@ import functools
 import threading
 
 import numpy as np
+
+
+def _conv_layers(model) -> list | None:
+    """The Conv2D / Conv2DTranspose layers of a convolutional auto-encoder, else None."""
+    from stem_ae.model import get_config
+
+    if get_config(model).architecture != "conv":
+        return None
+    chain = []
+    for layer in model.layers:
+        kind = type(layer).__name__
+        if kind in ("Reshape", "InputLayer"):
+            continue
+        if kind not in ("Conv2D", "Conv2DTranspose"):
+            return None
+        chain.append(layer)
+    return chain or None
 
 
 def model_window_and_normalization(model) -> tuple[int, str]:
@@ -96,8 +114,12 @@ class Runner:
     """
 
     def __init__(self, model):
+        from stem_ae.model import get_config
+
         self.window, self.normalization = model_window_and_normalization(model)
-        self.chain = _dense_chain(model)
+        self.period = get_config(model).period
+        self.convolutional = _conv_layers(model) is not None
+        self.chain = None if self.convolutional else _dense_chain(model)
         self.model = model if self.chain is None else None
         self._compile()
 
@@ -106,8 +128,38 @@ class Runner:
         """Whether :meth:`band` is available (the model is a plain Dense chain)."""
         return self.chain is not None
 
+    @property
+    def halo(self) -> int:
+        """Rows and columns (a multiple of :attr:`period`) beyond which an output pixel of
+        :meth:`convolve` no longer depends on the input: half the receptive field, rounded up."""
+        reach = 0
+        for layer in _conv_layers(self.model) or ():
+            reach += (layer.kernel_size[0] // 2) * self._stride_before(layer)
+        return -(-(reach + 1) // self.period) * self.period + self.period
+
+    def _stride_before(self, layer) -> int:
+        # the sampling (input px per feature px) at the input of ``layer``
+        factor = 1
+        for other in _conv_layers(self.model):
+            if other is layer:
+                return factor
+            if type(other).__name__ == "Conv2DTranspose":
+                factor //= other.strides[0]
+            else:
+                factor *= other.strides[0]
+        return factor
+
+    def convolve(self, band: np.ndarray) -> np.ndarray:
+        """A convolutional auto-encoder's layers over a whole band (H, W), float32 out (H, W).
+
+        H and W must be multiples of :attr:`period`; no window is cut out and no
+        standardisation is applied (the caller standardises). Pixels within :attr:`halo` of a
+        border see the layers' zero padding.
+        """
+        return self._convolve(np.asarray(band, np.float32)).numpy()
+
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_function": None, "_traced": None}
+        return {**self.__dict__, "_function": None, "_convolve": None, "_traced": None}
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
@@ -117,6 +169,21 @@ class Runner:
         import tensorflow as tf
 
         self._traced: set[int] = set()
+        if self.convolutional:
+            self._convolve = getattr(self.model, "_stem_ae_convolve", None)
+            if self._convolve is None:
+                chain = _conv_layers(self.model)
+
+                def convolve(band):
+                    x = band[None, :, :, None]
+                    for layer in chain:
+                        x = layer(x, training=False)
+                    return tf.cast(x[0, :, :, 0], tf.float32)
+
+                self._convolve = tf.function(
+                    convolve, input_signature=[tf.TensorSpec([None, None], tf.float32)]
+                )
+                object.__setattr__(self.model, "_stem_ae_convolve", self._convolve)
         if self.chain is None:
             self._function = getattr(self.model, "_stem_ae_forward", None)
             if self._function is None:

@@ -1,9 +1,12 @@
-"""The dense stacked auto-encoder: configuration, builder, saving and the shipped models.
+"""The stacked auto-encoder: configuration, builder, saving and the shipped models.
 
-The network is a Keras ``Sequential`` of fully connected layers acting on one square window
-(28 × 28 px by default): ``Input → Flatten → Dense encoder → Dense code → mirrored Dense
-decoder → Dense(window²) → Reshape``. Its configuration is a frozen :class:`AEConfig` that is
-saved as ``config.json`` beside ``model.keras``.
+The network is a Keras ``Sequential`` acting on one square window (28 × 28 px by default). The
+paper's, ``architecture="dense"``, is fully connected: ``Input → Flatten → Dense encoder → Dense
+code → mirrored Dense decoder → Dense(window²) → Reshape``. ``architecture="conv"`` is its
+convolutional counterpart, a stacked convolutional auto-encoder: ``Conv2D`` layers that halve
+the resolution level by level down to the code and mirrored ``Conv2DTranspose`` layers back up
+(:func:`build_autoencoder`). Its configuration is a frozen :class:`AEConfig` that is saved as
+``config.json`` beside ``model.keras``.
 
 Model input convention (shared with :mod:`stem_ae.training` and :mod:`stem_ae.windows`): with
 ``normalization="window"`` every noisy window is standardised by its own mean and standard
@@ -34,6 +37,7 @@ from stem_ae._common import PAPER_SPACING_PX
 
 __all__ = [
     "ACTIVATIONS",
+    "ARCHITECTURES",
     "NORMALIZATIONS",
     "AEConfig",
     "available_models",
@@ -62,6 +66,10 @@ ACTIVATIONS = (
 )
 #: Input conventions: ``"window"`` (per-window z-score, every shipped model) or ``"none"``.
 NORMALIZATIONS = ("window", "none")
+#: Layer types: ``"dense"`` (the paper's fully connected AE) or ``"conv"`` (convolutional AE).
+ARCHITECTURES = ("dense", "conv")
+#: Kernel side of every convolution of a ``"conv"`` auto-encoder, px.
+CONV_KERNEL = 3
 
 _MODEL_FILE = "model.keras"
 _CONFIG_FILE = "config.json"
@@ -76,16 +84,19 @@ def _check_count(name: str, value: Any, *, minimum: int) -> None:
 
 @dataclass(frozen=True)
 class AEConfig:
-    """Architecture and training record of a dense stacked auto-encoder.
+    """Architecture and training record of a stacked auto-encoder.
 
     Parameters
     ----------
     window : int
         Side of the square input window, px (>= 8). The paper uses 28.
     encoder : tuple of int
-        Widths of the encoder's hidden Dense layers, non-increasing; the decoder mirrors them.
+        ``"dense"``: widths of the encoder's hidden Dense layers, non-increasing; the decoder
+        mirrors them. ``"conv"``: channels of the encoder's resolution levels, the first at full
+        resolution, each later one at half the resolution of the one before.
     code : int
-        Width of the bottleneck Dense layer; at most ``encoder[-1]`` and below ``window**2``.
+        ``"dense"``: width of the bottleneck Dense layer; at most ``encoder[-1]`` and below
+        ``window**2``. ``"conv"``: channels of the code, at ``window / 2**len(encoder)``.
     activation : str
         Activation of every hidden layer (one of :data:`ACTIVATIONS`).
     output_activation : str
@@ -100,6 +111,9 @@ class AEConfig:
     training : dict
         What the model was trained on: ``TrainingDistribution.to_dict()`` plus ``n_samples``
         (per epoch), ``epochs``, ``batch_size`` and ``seed``. JSON-serialisable.
+    architecture : str
+        ``"dense"`` (the paper's) or ``"conv"``, see :func:`build_autoencoder`. A ``"conv"``
+        model needs ``window`` divisible by ``2**len(encoder)`` (its :attr:`period`).
 
     Raises
     ------
@@ -126,6 +140,7 @@ class AEConfig:
     learning_rate: float = 1e-3
     name: str = "custom"
     training: dict = field(default_factory=dict)
+    architecture: str = "dense"
 
     def __post_init__(self) -> None:
         _check_count("window", self.window, minimum=_MIN_WINDOW)
@@ -137,7 +152,12 @@ class AEConfig:
         for width in encoder:
             _check_count("every encoder width", width, minimum=1)
         encoder = tuple(int(width) for width in encoder)
-        if any(later > earlier for earlier, later in itertools.pairwise(encoder)):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; use one of {ARCHITECTURES}"
+            )
+        conv = self.architecture == "conv"
+        if not conv and any(later > earlier for earlier, later in itertools.pairwise(encoder)):
             raise ValueError(
                 f"encoder widths must not increase towards the code, got {encoder}; "
                 f"sort them, e.g. {tuple(sorted(encoder, reverse=True))}"
@@ -147,12 +167,20 @@ class AEConfig:
         object.__setattr__(self, "code", int(self.code))
         object.__setattr__(self, "window", int(self.window))
         n_inputs = self.window**2
-        if self.code >= n_inputs:
+        if conv:
+            period = 2 ** len(encoder)
+            if self.window % period:
+                raise ValueError(
+                    f"window={self.window} must be divisible by 2**len(encoder) = {period} for a "
+                    f"convolutional auto-encoder of {len(encoder)} levels; choose e.g. window="
+                    f"{max(period, self.window // period * period)}"
+                )
+        elif self.code >= n_inputs:
             raise ValueError(
                 f"code={self.code} must be smaller than the input size window**2 = {n_inputs} "
                 "(an auto-encoder needs a bottleneck); choose e.g. code=64"
             )
-        if self.code > encoder[-1]:
+        if not conv and self.code > encoder[-1]:
             raise ValueError(
                 f"code={self.code} is wider than the last encoder layer ({encoder[-1]}); "
                 f"use code <= {encoder[-1]} or widen the encoder"
@@ -200,8 +228,25 @@ class AEConfig:
         return float(low), float(high)
 
     @property
+    def period(self) -> int:
+        """Shift (px) under which the network is equivariant: 1 for dense, 2**levels for conv.
+
+        A ``"conv"`` network halves the resolution ``len(encoder)`` times: shifting its input by
+        a multiple of the period shifts its output by the same amount (away from the borders).
+        """
+        return 2 ** len(self.encoder) if self.architecture == "conv" else 1
+
+    @property
     def n_parameters(self) -> int:
         """Number of trainable weights and biases of the network built from this config."""
+        if self.architecture == "conv":
+            channels = [(1, self.encoder[0])]  # (in, out) of every convolution, see the builder
+            for previous, width in itertools.pairwise([*self.encoder, self.code]):
+                channels += [(previous, width), (width, width)]
+            for previous, width in itertools.pairwise([self.code, *self.encoder[::-1]]):
+                channels += [(previous, width), (width, width)]
+            channels.append((self.encoder[0], 1))
+            return sum((CONV_KERNEL**2 * n_in + 1) * n_out for n_in, n_out in channels)
         widths = [self.window**2, *self.encoder, self.code, *self.encoder[::-1], self.window**2]
         return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(widths))
 
@@ -241,7 +286,7 @@ class AEConfig:
 
 
 def build_autoencoder(config: AEConfig | None = None) -> keras.Sequential:
-    """Build and compile the dense stacked auto-encoder described by ``config``.
+    """Build and compile the stacked auto-encoder described by ``config``.
 
     Parameters
     ----------
@@ -254,7 +299,11 @@ def build_autoencoder(config: AEConfig | None = None) -> keras.Sequential:
         ``Input((w, w)) → Flatten → Dense(encoder…) → Dense(code) → Dense(reversed encoder…) →
         Dense(w*w, output_activation) → Reshape((w, w))``, compiled with Adam and mean squared
         error. Maps float32 arrays of shape (N, w, w) to (N, w, w). The config is attached, see
-        :func:`get_config`.
+        :func:`get_config`. With ``architecture="conv"`` (levels ``e0, e1, …``, code ``c``):
+        ``Input → Reshape((w, w, 1)) → Conv2D(e0) → [Conv2D(e1, stride 2) → Conv2D(e1)] … →
+        Conv2D(c, stride 2) → Conv2D(c) → [Conv2DTranspose(e, stride 2) → Conv2D(e)] for e in
+        reversed levels → Conv2D(1, output_activation) → Reshape((w, w))``, every kernel 3 × 3,
+        "same" padding.
 
     Examples
     --------
@@ -263,12 +312,18 @@ def build_autoencoder(config: AEConfig | None = None) -> keras.Sequential:
     [64, 16, 64, 256]
     >>> model.output_shape
     (None, 16, 16)
+    >>> conv = build_autoencoder(AEConfig(window=16, encoder=(8, 16), code=16,
+    ...     architecture="conv"))
+    >>> conv.output_shape, conv.count_params() == get_config(conv).n_parameters
+    ((None, 16, 16), True)
     """
     if config is None:
         config = AEConfig()
     if not isinstance(config, AEConfig):
         raise TypeError(f"config must be an AEConfig, got {type(config).__name__}")
     window = config.window
+    if config.architecture == "conv":
+        return _finish(_conv_stack(config), config)
     stack: list = [keras.Input(shape=(window, window), name="window"), layers.Flatten()]
     for index, width in enumerate(config.encoder):
         stack.append(layers.Dense(width, activation=config.activation, name=f"encoder_{index}"))
@@ -277,6 +332,40 @@ def build_autoencoder(config: AEConfig | None = None) -> keras.Sequential:
         stack.append(layers.Dense(width, activation=config.activation, name=f"decoder_{index}"))
     stack.append(layers.Dense(window * window, activation=config.output_activation, name="output"))
     stack.append(layers.Reshape((window, window)))
+    return _finish(stack, config)
+
+
+def _conv_stack(config: AEConfig) -> list:
+    """The layers of a convolutional stacked auto-encoder (see :func:`build_autoencoder`)."""
+    window, act, k = config.window, config.activation, CONV_KERNEL
+
+    def conv(width, name, strides=1, activation=act):
+        return layers.Conv2D(
+            width, k, strides=strides, padding="same", activation=activation, name=name
+        )
+
+    stack: list = [
+        keras.Input(shape=(window, window), name="window"),
+        layers.Reshape((window, window, 1)),
+        conv(config.encoder[0], "encoder_0"),
+    ]
+    levels = [*config.encoder[1:], config.code]
+    for index, width in enumerate(levels, start=1):
+        name = "code" if index == len(levels) else f"encoder_{index}"
+        stack += [conv(width, f"{name}_down", strides=2), conv(width, name)]
+    for index, width in enumerate(config.encoder[::-1]):
+        stack += [
+            layers.Conv2DTranspose(
+                width, k, strides=2, padding="same", activation=act, name=f"decoder_{index}_up"
+            ),
+            conv(width, f"decoder_{index}"),
+        ]
+    stack += [conv(1, "output", activation=config.output_activation)]
+    stack.append(layers.Reshape((window, window)))
+    return stack
+
+
+def _finish(stack: list, config: AEConfig) -> keras.Sequential:
     model = keras.Sequential(stack, name=f"stem_ae_{config.name}")
     model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
     _attach(model, config)

@@ -22,6 +22,7 @@ Conventions (shared by ``method="fast"`` and ``method="naive"``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -328,6 +329,8 @@ def reconstruct_normalized(
     """
     if runner is None:
         runner = Runner(model)
+    if runner.convolutional and method == "fast" and step < CONV_WINDOW_STEP * runner.period:
+        return _convolutional(data, runner, step, return_uncertainty, progress, phase)
     window, window_norm = runner.window, runner.normalization == "window"
     shape = data.shape
     (ny, top, bottom), (nx, left, right) = (
@@ -365,6 +368,90 @@ def reconstruct_normalized(
     mean_deviation = total[crop] / norm
     variance = np.maximum(squares[crop] / norm - mean_deviation**2, 0.0)
     return padded[crop] + mean_deviation, np.sqrt(variance)
+
+
+#: From this step (× the period) on, a convolutional model runs on the windows themselves.
+CONV_WINDOW_STEP = 2
+
+#: Pixels per band of :func:`_convolutional` (bounds a band's feature maps to ~256 MB at 64 ch).
+CONV_BAND_PIXELS = 1 << 20
+
+
+def _convolutional(data, runner, step, with_spread, progress, phase):
+    """The fast path of a convolutional auto-encoder: its layers over whole bands of the image.
+
+    A window at offset ``o`` gives, away from its borders, the network's output over the whole
+    image on the grid of ``o mod period`` (the network is equivariant to shifts by its period).
+    So the floating window at ``step`` is computed as one pass of the layers per distinct
+    ``(o_y mod period, o_x mod period)`` among the window offsets (``phase + k·step``), over
+    bands with a :attr:`Runner.halo` of reflected or real pixels, and the passes are averaged:
+    the borders of the windows get no weight. Each pixel is standardised by the mean and
+    standard deviation of the window centred on it (``window`` px box, reflected edges), as the
+    network's windows are. Returns float64 ``out`` or ``(out, spread)``, ``spread`` the
+    standard deviation over the passes; when the step gives fewer than the four passes of the
+    half-period grid (offsets 0 and period/2 along each axis), those are run as well for the
+    spread, while ``out`` stays the mean of the step's own passes.
+    """
+    from scipy import ndimage
+
+    window, period, halo = runner.window, runner.period, runner.halo
+    values = np.asarray(data, np.float64)
+    if runner.normalization == "window":
+        mu = ndimage.uniform_filter(values, window, mode="reflect")
+        sd = ndimage.uniform_filter(values * values, window, mode="reflect") - mu * mu
+        scale = np.sqrt(np.maximum(sd, 0.0)) + 1e-6 * (np.abs(mu) + 1.0)
+        z = ((values - mu) / scale).astype(np.float32)
+    else:
+        mu, scale, z = 0.0, 1.0, values.astype(np.float32)
+    shared = math.gcd(step, period)
+    offsets = [sorted({(p + j * shared) % period for j in range(period)}) for p in phase]
+    passes = [(oy, ox) for oy in offsets[0] for ox in offsets[1]]
+    extra = []
+    if with_spread:  # the spread needs several passes: add the half-period grid's
+        half = [sorted({(p + j * max(1, period // 2)) % period for j in range(2)}) for p in phase]
+        extra = [(oy, ox) for oy in half[0] for ox in half[1] if (oy, ox) not in passes]
+    total = np.zeros(values.shape, np.float64)
+    squares = np.zeros(values.shape, np.float64) if with_spread else None
+    mean = None
+    if progress is not None:
+        progress(0, len(passes) + len(extra))
+    for index, offset in enumerate(passes + extra):
+        out = _conv_pass(z, runner, offset, halo).astype(np.float64)
+        total += out
+        if with_spread:
+            squares += out * out
+        if index + 1 == len(passes):
+            mean = total / len(passes)  # the result: the step's passes only
+        if progress is not None:
+            progress(index + 1, len(passes) + len(extra))
+    result = mean * scale + mu
+    if not with_spread:
+        return result
+    count = len(passes) + len(extra)
+    average = total / count
+    spread = np.sqrt(np.maximum(squares / count - average * average, 0.0)) * scale
+    return result, spread
+
+
+def _conv_pass(z, runner, offset, halo):
+    """One pass of the layers with pixel ``offset`` on the network's period grid, in bands."""
+    period = runner.period
+    pads = []
+    for n, o in zip(z.shape, offset, strict=True):
+        before = halo + (-o) % period
+        after = halo + (-(before + n + halo)) % period
+        pads.append((before, after))
+    padded = np.pad(z, pads, mode="reflect")
+    rows, cols = padded.shape
+    band_rows = max(period, CONV_BAND_PIXELS // cols // period * period)
+    out = np.empty_like(padded)
+    for start in range(0, rows, band_rows):
+        stop = min(start + band_rows, rows)
+        first, last = max(0, start - halo), min(rows, stop + halo)
+        result = runner.convolve(padded[first:last])
+        out[start:stop] = result[start - first : stop - first]
+    (top, _), (left, _) = pads
+    return out[top : top + z.shape[0], left : left + z.shape[1]]
 
 
 def _fast(

@@ -27,6 +27,7 @@ from stem_ae.model import (
     standardize,
     unstandardize,
 )
+from stem_ae.training import RECIPES
 
 SHIPPED = [
     pytest.param(
@@ -59,6 +60,33 @@ def test_builder_is_a_sequential_of_allowed_layers_with_configured_widths():
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert model.loss == "mse"
     assert get_config(model) is config
+
+
+def test_conv_builder_halves_the_resolution_per_level_and_mirrors_it_back():
+    config = AEConfig(window=16, encoder=(8, 12), code=20, activation="gelu", architecture="conv")
+    model = build_autoencoder(config)
+    assert isinstance(model, keras.Sequential)
+    kinds = {type(layer) for layer in model.layers}
+    assert kinds == {keras.layers.Conv2D, keras.layers.Conv2DTranspose, keras.layers.Reshape}
+    convs = [layer for layer in model.layers if "Conv" in type(layer).__name__]
+    # feature-map side after each convolution: 16 → 8 → 4 (code) → 8 → 16
+    sides = [layer.output.shape[1] for layer in convs]
+    assert sides == [16, 8, 8, 4, 4, 8, 8, 16, 16, 16]
+    assert [layer.filters for layer in convs] == [8, 12, 12, 20, 20, 12, 12, 8, 8, 1]
+    assert all(layer.kernel_size == (3, 3) for layer in convs)
+    assert convs[-1].activation.__name__ == "linear"
+    assert model.output_shape == (None, 16, 16)
+    assert model.count_params() == config.n_parameters
+    assert config.period == 4 and AEConfig().period == 1
+
+
+def test_conv_config_needs_a_window_divisible_by_its_period():
+    with pytest.raises(ValueError, match=r"divisible by 2\*\*len\(encoder\) = 8.*window=24"):
+        AEConfig(window=28, encoder=(8, 16, 16), code=16, architecture="conv")
+    with pytest.raises(ValueError, match="unknown architecture"):
+        AEConfig(architecture="resnet")
+    # the dense bottleneck rules do not apply: a conv code may be wide and widths may grow
+    assert AEConfig(encoder=(16, 32), code=64, architecture="conv").code == 64
 
 
 def test_default_config_is_the_documented_architecture():
@@ -117,15 +145,19 @@ def test_from_dict_rejects_unknown_fields():
         AEConfig.from_dict({"window": 28, "depth": 3})
 
 
-def test_save_then_load_gives_identical_predictions_and_config(tmp_path):
+CONV_TINY = AEConfig(window=12, encoder=(4, 8), code=8, name="tiny", architecture="conv")
+
+
+@pytest.mark.parametrize("config", [TINY, CONV_TINY], ids=["dense", "conv"])
+def test_save_then_load_gives_identical_predictions_and_config(tmp_path, config):
     keras.utils.set_random_seed(0)
-    model = build_autoencoder(TINY)
+    model = build_autoencoder(config)
     windows = np.random.default_rng(0).normal(size=(5, 12, 12)).astype(np.float32)
     folder = save_model(model, tmp_path / "tiny")
     assert sorted(path.name for path in folder.iterdir()) == ["config.json", "model.keras"]
     for path in (folder, folder / "model.keras"):
         loaded = load_model(path)
-        assert get_config(loaded) == TINY
+        assert get_config(loaded) == config
         np.testing.assert_array_equal(loaded.predict(windows, verbose=0), model(windows).numpy())
     model.layers[1].kernel.assign(np.zeros(model.layers[1].kernel.shape))
     save_model(model, folder)  # overwrite in place
@@ -207,7 +239,10 @@ def test_shipped_models_load_by_name_with_their_training_record(name):
     assert model.input_shape == (None, config.window, config.window)
     for key in ("spacing_range", "n_samples", "epochs", "seed", "batch_size"):
         assert key in config.training
-    assert config.training["name"] == name
+    from stem_ae.training import resolve_distribution
+
+    recipe = RECIPES[name]["distribution"]
+    assert config.training["name"] == resolve_distribution(recipe).name
     low, high = config.spacing_range
     assert 0 < low <= high
     folder = resources.files("stem_ae") / "models" / name
