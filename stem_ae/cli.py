@@ -232,7 +232,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--out", required=True, metavar="DIR", help="model folder to write")
     train.add_argument("--config", metavar="JSON", help="AEConfig fields as a JSON file")
-    train.add_argument("--distribution", default="paper", help="'paper' (default) or 'general'")
+    train.add_argument(
+        "--distribution",
+        default="paper",
+        help="'paper' (default), 'general' or 'realistic' (the shipped general model's)",
+    )
     train.add_argument("--samples", type=int, default=700_000, metavar="N", help="per epoch")
     train.add_argument("--epochs", type=int, default=6, metavar="E")
     train.add_argument("--seed", type=int, default=0, metavar="S")

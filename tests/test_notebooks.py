@@ -159,9 +159,16 @@ def test_training_notebook_defaults_reproduce_the_shipped_recipe(name):
     training = json.loads(config_path.read_text())["training"]
     notebook = _read(NOTEBOOK_DIR / "02_train.ipynb")
     values = _literal_parameters(notebook.cells[_parameters_index(notebook)].source)
-    assert name in values["recipes"]
-    for key, parameter in (("n_samples",) * 2, ("epochs", f"{name}_epochs"), ("batch_size",) * 2):
-        assert values[parameter] == training[key], f"02_train's {parameter} differs from {name}"
+    assert name in values["recipes"] and values["train"] is True
+    # 0 means "the recipe's own value"; the recipe must then be what the model was trained with
+    from stem_ae.training import RECIPES
+
+    pairs = [("n_samples",) * 2, ("epochs", f"{name}_epochs"), ("batch_size",) * 2]
+    if "pool_size" in training:
+        pairs.append(("pool_size",) * 2)
+    for key, parameter in pairs:
+        value = values[parameter] or RECIPES[name][key]
+        assert value == training[key], f"02_train's {parameter} differs from {name}"
 
 
 def test_nbstripout_is_configured():
