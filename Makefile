@@ -1,5 +1,6 @@
 # stem_ae: two commands for a newcomer.
-#   make figures   set up .venv, then regenerate every figure (figures/*.png, *.pdf)
+#   make figures   set up .venv, then regenerate every figure (figures/*.png, *.pdf);
+#                  TRAIN=0 uses the shipped models instead of retraining them (minutes, not ~1 h)
 #   make test      set up .venv, then run the whole test suite (notebooks included, smoke size)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -20,7 +21,7 @@ CI_PARAMS := notebooks/params/ci.yaml
 .PHONY: help install test test-fast test-napari lint format figures benchmarks clean
 
 help:
-	@echo "make figures   set up, then regenerate every figure into figures/"
+	@echo "make figures   set up, then regenerate every figure into figures/ (TRAIN=0: no training)"
 	@echo "make test      set up, then run all tests (unit, doctests, notebooks at smoke size)"
 	@echo "make test-napari  the napari widget in a headless viewer (own venv: build/venv-napari)"
 	@echo "make lint      ruff check + ruff format --check"
@@ -88,10 +89,15 @@ EXECUTED := $(patsubst notebooks/%.ipynb,build/%.ipynb,$(NOTEBOOKS))
 
 figures: install $(EXECUTED)
 
+# TRAIN=0: 02_train trains nothing; it scores the shipped models and draws their recorded loss
+# curves (benchmarks/results/train_*.json). The default, TRAIN=1, retrains both recipes (~1 h).
+TRAIN ?= 1
+build/02_train.ipynb: NB_PARAMS = $(if $(filter 0,$(TRAIN)),-p train False)
+
 build/%.ipynb: notebooks/%.ipynb $(PKG_SOURCES) $(STAMP)
 	mkdir -p build figures
 	$(PY) -m papermill -k python3 --cwd notebooks --log-level WARNING \
-	  -p repo_dir $(abspath .) -p out_dir $(abspath figures) \
+	  -p repo_dir $(abspath .) -p out_dir $(abspath figures) $(NB_PARAMS) \
 	  $< build/.$*.part.ipynb
 	mv build/.$*.part.ipynb $@
 
