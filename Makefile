@@ -1,6 +1,6 @@
 # stem_ae: two commands for a newcomer.
 #   make figures   set up .venv, then regenerate every figure (figures/*.png, *.pdf);
-#                  TRAIN=0 uses the shipped models instead of retraining them (minutes, not ~1 h)
+#                  TRAIN=0 uses the shipped models instead of retraining them
 #   make test      set up .venv, then run the whole test suite (notebooks included, smoke size)
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -90,7 +90,7 @@ EXECUTED := $(patsubst notebooks/%.ipynb,build/%.ipynb,$(NOTEBOOKS))
 figures: install $(EXECUTED)
 
 # TRAIN=0: 02_train trains nothing; it scores the shipped models and draws their recorded loss
-# curves (benchmarks/results/train_*.json). The default, TRAIN=1, retrains both recipes (~1 h).
+# curves (benchmarks/results/train_*.json). The default, TRAIN=1, retrains paper and general.
 TRAIN ?= 1
 build/02_train.ipynb: NB_PARAMS = $(if $(filter 0,$(TRAIN)),-p train False)
 

@@ -211,7 +211,9 @@ def denoise(
         :class:`CalibrationWarning` when no measured spacing is within 10 % of
         ``lattice_constant``); the sampling match always uses the measured lattice.
     step : int
-        Window step, px (1..28) at the model's sampling.
+        Window step, px (1..28) at the model's sampling. With a convolutional model such as the
+        shipped ``general`` (equivariant to shifts of 4 px), step 2 runs its layers four times
+        over the image, step 4 once (0.1–0.3 dB lower, about a quarter faster).
     model : None, str, path or keras.Model
         None: the shipped ``"general"`` model.
     return_uncertainty : bool

@@ -251,8 +251,15 @@ class AEConfig:
         return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(widths))
 
     def to_dict(self) -> dict:
-        """JSON-ready dictionary of every field (tuples become lists)."""
+        """JSON-ready dictionary of every field (tuples become lists).
+
+        ``architecture`` is left out when it is ``"dense"`` (the default), so that a dense
+        model's ``config.json``, and the hash a record of processing keeps of it, are the same
+        as before the field existed.
+        """
         data = asdict(self)
+        if data["architecture"] == "dense":
+            del data["architecture"]
         data["encoder"] = list(self.encoder)
         data["training"] = json.loads(json.dumps(self.training))
         return data

@@ -37,7 +37,7 @@ SHIPPED = [
             reason=f"shipped model {name!r} not trained yet (run benchmarks/train_shipped.py)",
         ),
     )
-    for name in ("paper", "general")
+    for name in ("paper", "general", "general_conv")
 ]
 TINY = AEConfig(window=12, encoder=(32, 16), code=8, name="tiny")
 

@@ -139,9 +139,9 @@ def test_bad_training_arguments_raise_value_error(arguments, fragment):
 
 
 def test_unknown_recipe_lists_the_recipes():
-    with pytest.raises(ValueError, match="general, paper"):
+    with pytest.raises(ValueError, match="general, general_conv, paper"):
         train_recipe("nope")
-    assert set(RECIPES) == {"paper", "general"}
+    assert set(RECIPES) == {"paper", "general", "general_conv"}
 
 
 def test_error_metrics_on_hand_made_windows():

@@ -259,14 +259,14 @@ def test_iter_tiles_round_trip():
     np.testing.assert_array_equal(out, image)
 
 
-@pytest.mark.skipif("general" not in available_models(), reason="general model not trained yet")
+@pytest.mark.skipif("general_conv" not in available_models(), reason="model not trained yet")
 def test_shipped_conv_fast_path_agrees_with_the_naive_floating_window():
     # the fast path gives window borders no weight; the naive oracle averages whole windows:
     # on a lattice the two differ by much less than the noise they remove
     from stem_ae.analysis import psnr
     from stem_ae.simulate import simulate_scene
 
-    model = load_model("general")
+    model = load_model("general_conv")
     assert get_config(model).architecture == "conv"
     scene = simulate_scene((84, 84), pixel_size=0.45, dose=8.0, rng=5)  # spacing ~6 px
     fast = reconstruct(scene.noisy, model, step=4)
