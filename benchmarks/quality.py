@@ -35,10 +35,12 @@ Methods:
   there) with h = 0.8 σ, scikit-image's recommendation, patch (5–11 px) and search distance
   (6–21 px) scaled with the column spacing, exact unbiased inverse Anscombe;
 - ``bm3d``: PyPI ``bm3d`` on the Anscombe transform with ``sigma_psd=1``, exact unbiased inverse;
-- ``paper`` and ``general``: ``stem_ae.denoise(noisy, pixel_size=..., model=name)``;
+- ``paper``, ``general`` and ``general_conv``: ``stem_ae.denoise(noisy, pixel_size=...,
+  model=name)`` (``general_conv_network``: the convolutional network alone);
 - ``general_clean``: not a method but a diagnostic — ``general`` applied to the noise-free image:
-  how much it changes data that need no denoising (the auto-encoder alone saturates near 24 dB
-  here and paints columns into vacancies; ``denoise``'s residual correction should undo that).
+  how much it changes data that need no denoising; ``general_network_clean`` the same for the
+  network alone (``residual="none"``): its error floor (the dense ``general`` of the first round
+  saturated near 24 dB and painted columns into vacancies).
 
 Every output is scored against the noise-free expected counts (PSNR and SSIM with the data range
 of the truth), and its columns are located by ``stem_ae.analysis.find_columns`` with the same
@@ -61,6 +63,7 @@ import csv
 import math
 import os
 import platform
+import re
 import sys
 import time
 from pathlib import Path
@@ -94,6 +97,10 @@ METHODS = (
     "general_network",
     "general_sure",
     "general_clean",
+    "general_network_clean",
+    "general_conv",
+    "general_conv_network",
+    "general_conv_network_clean",
 )
 LABELS = {
     "noisy": "noisy",
@@ -105,6 +112,10 @@ LABELS = {
     "general_network": 'stem_ae `general`, network alone (`residual="none"`)',
     "general_sure": 'stem_ae `general`, white-noise SURE correction (`residual="sure"`)',
     "general_clean": "stem_ae `general` on the noise-free image (harm check)",
+    "general_network_clean": "stem_ae `general`, network alone, on the noise-free image (floor)",
+    "general_conv": "stem_ae `general_conv` (convolutional)",
+    "general_conv_network": 'stem_ae `general_conv`, network alone (`residual="none"`)',
+    "general_conv_network_clean": "stem_ae `general_conv`, network alone, on the noise-free image",
 }
 PIXEL_SIZES = (0.1, 0.2, 0.3)  # Å/px
 DOSES = (1.0, 4.0, 16.0, 64.0)  # mean counts per pixel
@@ -205,10 +216,8 @@ def _stem_ae(name, *, noise_free=False, **options):
 def load_models(methods) -> dict[str, str]:
     """Load the requested stem_ae models once (and warm them up); return {name: why missing}."""
     missing = {}
-    for name in ("paper", "general"):
-        wanted = {name} | (
-            {"general_clean", "general_network", "general_sure"} if name == "general" else set()
-        )
+    for name in ("paper", "general", "general_conv"):
+        wanted = {name} | set(VARIANTS.get(name, ()))
         if not wanted & set(methods):
             continue
         try:
@@ -222,9 +231,10 @@ def load_models(methods) -> dict[str, str]:
             missing[name] = f"{type(error).__name__}: {error}"
             continue
         _MODELS[name] = model
-    for variant in ("general_clean", "general_network", "general_sure"):
-        if "general" in missing and variant in methods:
-            missing[variant] = missing["general"]
+    for name, variants in VARIANTS.items():
+        for variant in variants:
+            if name in missing and variant in methods:
+                missing[variant] = missing[name]
     return missing
 
 
@@ -239,6 +249,14 @@ RUNNERS = {
     "general_sure": _stem_ae("general", residual="sure"),
     # not a denoiser: what the model does to an image with no noise left (its error floor)
     "general_clean": _stem_ae("general", noise_free=True),
+    "general_network_clean": _stem_ae("general", noise_free=True, residual="none"),
+    "general_conv": _stem_ae("general_conv"),
+    "general_conv_network": _stem_ae("general_conv", residual="none"),
+    "general_conv_network_clean": _stem_ae("general_conv", noise_free=True, residual="none"),
+}
+VARIANTS = {
+    "general": ("general_clean", "general_network", "general_sure", "general_network_clean"),
+    "general_conv": ("general_conv_network", "general_conv_network_clean"),
 }
 
 
@@ -511,25 +529,40 @@ def region_table(rows, methods):
     return "\n".join(lines)
 
 
-def goal_lines(by_dose):
-    """The issue's goal, per dose: general vs BM3D."""
+def goal_lines(by_dose, by_case, model="general"):
+    """The issue's targets, per dose: ``model`` (default pipeline) against BM3D.
+
+    Target: PSNR at or above BM3D at every pixel size, position error at or below BM3D, and at
+    1 count/px at most 2 % of the vacancies filled. Moonshot: BM3D + 2 dB.
+    """
     index = {(r["dose"], r["method"]): r for r in by_dose}
+    cases = {(r["pixel_size"], r["dose"], r["method"]): r for r in by_case}
     doses = sorted({r["dose"] for r in by_dose})
-    if not all((d, "general") in index and (d, "bm3d") in index for d in doses):
-        return ["Goal check skipped: needs both `general` and `bm3d` rows."]
+    sizes = sorted({r["pixel_size"] for r in by_case})
+    if not all((d, model) in index and (d, "bm3d") in index for d in doses):
+        return [f"Goal check skipped: needs both `{model}` and `bm3d` rows."]
     lines = [
-        "| dose | ΔPSNR general − BM3D (dB) | error ratio general / BM3D | invented general, BM3D |"
-        " goal met |",
-        "|---|---|---|---|---|",
+        "Target: PSNR ≥ BM3D at every pixel size, position error ≤ BM3D, ≤ 2 % of vacancies "
+        "filled at 1 count/px. Moonshot: PSNR ≥ BM3D + 2 dB.",
+        "",
+        f"| dose | ΔPSNR {model} − BM3D (dB), mean | worst pixel size | error ratio {model} / BM3D "
+        "| vacancies filled | target met | moonshot met |",
+        "|---|---|---|---|---|---|---|",
     ]
     for d in doses:
-        g, b = index[(d, "general")], index[(d, "bm3d")]
+        g, b = index[(d, model)], index[(d, "bm3d")]
         dpsnr = g["psnr"] - b["psnr"]
+        worst = min(
+            cases[(size, d, model)]["psnr"] - cases[(size, d, "bm3d")]["psnr"]
+            for size in sizes
+            if (size, d, model) in cases and (size, d, "bm3d") in cases
+        )
         ratio = g["position_error_pm"] / b["position_error_pm"]
-        ok = dpsnr >= 2 and ratio <= 0.8 and g["invented"] <= b["invented"]
+        filled_ok = d > 1 or g["filled"] <= 0.02
+        ok = worst >= 0 and ratio <= 1 and filled_ok
         lines.append(
-            f"| {d:g} | {dpsnr:+.2f} | {ratio:.2f} | {100 * g['invented']:.1f} %, "
-            f"{100 * b['invented']:.1f} % | {'yes' if ok else 'no'} |"
+            f"| {d:g} | {dpsnr:+.2f} | {worst:+.2f} | {ratio:.2f} | {100 * g['filled']:.1f} % | "
+            f"{'yes' if ok else 'no'} | {'yes' if worst >= 2 and ok else 'no'} |"
         )
     return lines
 
@@ -635,7 +668,10 @@ def write_markdown(rows, methods, missing, path, args, elapsed):
     if missing:
         text += ["**Missing rows:** " + "; ".join(f"`{k}` ({v})" for k, v in missing.items()), ""]
     text += ["## By dose (mean over pixel sizes and seeds)", "", table(by_dose, ("dose",), methods)]
-    text += ["", "## Goal: `general` ahead of BM3D", "", *goal_lines(by_dose)]
+    for model in ("general", "general_conv"):
+        if model in methods:
+            text += ["", f"## Goal: `{model}` ahead of BM3D", ""]
+            text += goal_lines(by_dose, by_case, model)
     text += ["", "## By pixel size and dose (mean over seeds)", ""]
     text += [table(by_case, ("pixel_size", "dose"), methods)]
     others = [r for r in all_rows if r["scene"] not in ("poisson", "mixed")]
@@ -681,11 +717,40 @@ def parse(argv):
     parser.add_argument("--quick", action="store_true", help="0.2 Å/px, doses 1 and 16, one seed")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--out", type=Path, default=RESULTS, help="output folder")
+    parser.add_argument(
+        "--from-csv",
+        type=Path,
+        metavar="CSV",
+        help="rewrite quality.md and the figure from a quality.csv instead of running",
+    )
     parser.add_argument("--shape", type=int, nargs=2, default=list(SHAPE), metavar=("H", "W"))
     parser.add_argument(
         "--scenes", nargs="+", default=list(SCENES), choices=SCENES, help="scene kinds to run"
     )
     return parser.parse_args(argv)
+
+
+def rewrite_from_csv(args) -> int:
+    """Rebuild quality.md and the figure from a CSV written by an earlier run (no denoising)."""
+    text_fields = {"scene", "method", "note"}
+    with open(args.from_csv, newline="") as handle:
+        rows = [
+            {k: (v if k in text_fields else float(v)) for k, v in row.items()}
+            for row in csv.DictReader(handle)
+        ]
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        row["n_true"] = int(row["n_true"])
+    present = {row["method"] for row in rows}
+    methods = [m for m in args.methods if m in present]
+    args.scenes = [k for k in SCENES if any(row["scene"] == k for row in rows)]
+    previous = (args.out / "quality.md").read_text(encoding="utf-8")
+    match = re.search(r"Ran in ([0-9.]+) min", previous)
+    elapsed = 60 * float(match.group(1)) if match else float("nan")
+    by_case = write_markdown(rows, methods, {}, args.out / "quality.md", args, elapsed)
+    if "poisson" in args.scenes:
+        plot(by_case, methods, args.out / "quality_vs_dose.png")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -694,6 +759,8 @@ def main(argv=None) -> int:
     if args.quick:
         sizes, doses, seeds = (0.2,), (1.0, 16.0), SEEDS[:1]
     shape = tuple(args.shape)
+    if args.from_csv is not None:
+        return rewrite_from_csv(args)
     start = time.perf_counter()
     missing = load_models(args.methods)
     methods = [m for m in args.methods if m not in missing]

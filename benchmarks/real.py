@@ -16,7 +16,9 @@ Methods (``METHODS``, one line each; ``--methods`` picks):
   ``skimage.restoration.estimate_sigma`` of the normalised image (a robust wavelet MAD; white
   noise assumed, so correlated noise reads low);
 - ``default``: ``stem_ae.denoise(image)``;
-- ``network``: ``stem_ae.denoise(image, residual="none")``, the auto-encoder alone.
+- ``network``: ``stem_ae.denoise(image, residual="none")``, the auto-encoder alone;
+- ``conv`` and ``conv_network``: the same two with ``model="general_conv"``, the convolutional
+  auto-encoder.
 
 A method that raises ``ValueError`` (a refusal) is recorded as ``refused: <message>``.
 
@@ -177,6 +179,14 @@ def run_network(image, ctx):
     return stem_ae.denoise(image, residual="none"), ""
 
 
+def run_conv(image, ctx):
+    return stem_ae.denoise(image, model="general_conv"), ""
+
+
+def run_conv_network(image, ctx):
+    return stem_ae.denoise(image, model="general_conv", residual="none"), ""
+
+
 METHODS = {
     # name: (label, function)
     "raw": ("raw", run_raw),
@@ -186,8 +196,10 @@ METHODS = {
     "default": ('`denoise` default (`residual="auto"`)', run_default),
     "sure": ('white-noise SURE correction (`residual="sure"`, the earlier default)', run_sure),
     "network": ('network alone (`residual="none"`)', run_network),
+    "conv": ("`general_conv` (convolutional AE), default pipeline", run_conv),
+    "conv_network": ('`general_conv`, network alone (`residual="none"`)', run_conv_network),
 }
-MONTAGE_METHODS = ("raw", "gaussian", "bm3d", "default", "network")
+MONTAGE_METHODS = ("raw", "gaussian", "bm3d", "default", "network", "conv")
 COLUMNS = (
     "image",
     "method",
@@ -334,7 +346,7 @@ def write_csv(rows, path: Path) -> None:
 
 
 def plot_montage(montage, path: Path) -> None:
-    """One row per image: a crop of a few cells in raw, Gaussian, BM3D, default, network."""
+    """One row per image: a crop of a few cells in raw, Gaussian, BM3D, default, network, conv."""
     import matplotlib.pyplot as plt
 
     names = [m for m in MONTAGE_METHODS if any(m in panels for _, panels, _ in montage)]
@@ -544,9 +556,11 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    if {"default", "network"} & set(methods):
-        # load TensorFlow and the model once, so that no method's time includes it
-        stem_ae.denoise(stem_ae.simulate_scene((96, 96), pixel_size=0.2, rng=0).noisy)
+    if {"default", "network", "conv", "conv_network"} & set(methods):
+        # load TensorFlow and the models once, so that no method's time includes it
+        warmup = stem_ae.simulate_scene((96, 96), pixel_size=0.2, rng=0).noisy
+        stem_ae.denoise(warmup)
+        stem_ae.denoise(warmup, model="general_conv")
     rows, montage, full_times = [], [], {}
     for image in images:
         image_rows, panels, ctx = benchmark_image(image, methods, args.quick, log)
