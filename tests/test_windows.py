@@ -167,33 +167,29 @@ def test_conv_from_twice_the_period_runs_on_the_windows_themselves(conv_autoenco
 
 def test_conv_step_chooses_the_passes_and_their_spread(conv_autoencoder):
     image = np.random.default_rng(8).normal(size=(48, 52))
-    calls = []
-    alone = reconstruct(image, conv_autoencoder, step=4, progress=lambda *c: calls.append(c))
+
+    def run(step, uncertainty=False):
+        calls = []
+        out = reconstruct(
+            image,
+            conv_autoencoder,
+            step=step,
+            return_uncertainty=uncertainty,
+            progress=lambda *c: calls.append(c),
+        )
+        return out, calls
+
+    alone, calls = run(4)
     assert calls == [(0, 1), (1, 1)]  # step = period: one pass
-    calls.clear()
-    out, spread = reconstruct(
-        image,
-        conv_autoencoder,
-        step=4,
-        return_uncertainty=True,
-        progress=lambda *c: calls.append(c),
-    )
+    (out, spread), calls = run(4, uncertainty=True)
     # the spread takes the half-period grid's four passes; the result stays the step's pass
     assert calls[-1] == (4, 4) and spread.mean() > 0
     np.testing.assert_array_equal(out, alone)
-    calls.clear()
-    out2, spread2 = reconstruct(
-        image,
-        conv_autoencoder,
-        step=2,
-        return_uncertainty=True,
-        progress=lambda *c: calls.append(c),
-    )
+    (out2, spread2), calls = run(2, uncertainty=True)
     assert calls[-1] == (4, 4)  # offsets {0, 2}² on the 4-px grid: the same passes
     np.testing.assert_allclose(spread2, spread, rtol=1e-5, atol=1e-6)
     assert np.abs(out2 - out).max() > 0  # the mean of four passes, not one
-    calls.clear()
-    reconstruct(image, conv_autoencoder, step=3, progress=lambda *c: calls.append(c))
+    _, calls = run(3)
     assert calls[-1] == (16, 16)  # gcd(3, 4) = 1: every offset mod 4 occurs
 
 
