@@ -175,3 +175,30 @@ def test_nbstripout_is_configured():
     hooks = yaml.safe_load((REPO / ".pre-commit-config.yaml").read_text())
     ids = [hook["id"] for repo in hooks["repos"] for hook in repo["hooks"]]
     assert "nbstripout" in ids
+
+
+@pytest.mark.slow
+def test_training_notebook_without_training_scores_the_shipped_models(tmp_path):
+    # `make figures TRAIN=0`: no model is trained or written, the recorded loss is drawn
+    model_dir = tmp_path / "models"
+    papermill.execute_notebook(
+        str(NOTEBOOK_DIR / "02_train.ipynb"),
+        str(tmp_path / "02_train.ipynb"),
+        parameters={
+            "repo_dir": str(REPO),
+            "out_dir": str(tmp_path),
+            "model_dir": str(model_dir),
+            "train": False,
+            "n_test": 64,
+        },
+        kernel_name="python3",
+        cwd=str(NOTEBOOK_DIR),
+        progress_bar=False,
+    )
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert not model_dir.exists()
+    executed = nbformat.read(tmp_path / "02_train.ipynb", as_version=4)
+    printed = "".join(
+        output.get("text", "") for cell in executed.cells for output in cell.get("outputs", [])
+    )
+    assert "general: shipped, trained in 600 s" in printed
