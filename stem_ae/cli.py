@@ -135,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--model",
         default="general",
         metavar="MODEL",
-        help="'general' (default), 'paper', or a model folder / .keras file",
+        help="'general' (default), 'general_conv', 'paper', or a model folder / .keras file",
     )
     denoise.add_argument(
         "--step", type=int, default=2, metavar="N", help="window step, px, 1..28 (default 2)"
@@ -676,7 +676,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         raise UsageError(
             _with_fix(
                 f"--model {model_name}: {_one_line(error)}",
-                "give 'general', 'paper' or a folder written by 'stem-ae train'.",
+                "give 'general', 'general_conv', 'paper' or a folder written by 'stem-ae train'.",
             )
         ) from None
 

@@ -544,3 +544,20 @@ def test_denoise_dark_contrast_and_crystal_map(tmp_path, tiny_model):
     assert_bad_input(
         run("denoise", source, "-o", tmp_path / "x.tif", "--contrast", "abf"), "--contrast"
     )
+
+
+def test_denoise_with_the_convolutional_model_records_it(tmp_path):
+    from stem_ae.io import read_image
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((96, 96), pixel_size=0.3, dose=8.0, rng=6)
+    source = tmp_path / "scene.npy"
+    np.save(source, scene.noisy)
+    out = tmp_path / "scene_denoised.tif"
+    result = run("denoise", source, "-o", out, "--model", "general_conv")
+    assert result.returncode == 0, result.stderr
+    assert "model general_conv" in result.stdout + result.stderr
+    denoised, meta = read_image(out)
+    assert meta.processing["model"]["name"] == "general_conv"
+    noise = np.sqrt(np.mean((scene.noisy - scene.clean) ** 2))
+    assert np.sqrt(np.mean((denoised - scene.clean) ** 2)) < 0.7 * noise
