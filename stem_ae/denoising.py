@@ -212,10 +212,10 @@ def denoise(
         ``lattice_constant``); the sampling match always uses the measured lattice.
     step : int
         Window step, px (1..28) at the model's sampling. With a convolutional model such as the
-        shipped ``general`` (equivariant to shifts of 4 px), step 2 runs its layers four times
+        shipped ``general_conv`` (equivariant to shifts of 4 px), step 2 runs its layers four times
         over the image, step 4 once (0.1–0.3 dB lower, about a quarter faster).
     model : None, str, path or keras.Model
-        None: the shipped ``"general"`` model.
+        None: the shipped ``"general"`` model; ``"general_conv"`` the convolutional one.
     return_uncertainty : bool
         Also return the per-pixel spread (weighted standard deviation) of the overlapping window
         predictions, in the image's units.
