@@ -72,12 +72,11 @@ def main() -> None:
         "true boundaries)",
         fontsize=10,
     )
+    from stem_ae.plotting import save_figure
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.part.png")
-    figure.savefig(partial, dpi=100)
+    save_figure(figure, out.with_suffix(""), ("png",), dpi=100)  # atomic, same bytes per run
     plt.close(figure)
-    partial.replace(out)
     print(f"{out}: {scores(denoised)} (network alone: {scores(alone)})")
 
 

@@ -58,12 +58,11 @@ def main() -> None:
         f"{lattice.spacings[0]:.1f} × {lattice.spacings[1]:.1f} px",
         fontsize=10,
     )
+    from stem_ae.plotting import save_figure
+
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial = out.with_name(f".{out.stem}.part.png")
-    figure.savefig(partial, dpi=110)
+    save_figure(figure, out.with_suffix(""), ("png",), dpi=110)  # atomic, same bytes per run
     plt.close(figure)
-    partial.replace(out)
 
 
 if __name__ == "__main__":
