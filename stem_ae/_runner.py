@@ -132,22 +132,14 @@ class Runner:
     def halo(self) -> int:
         """Rows and columns (a multiple of :attr:`period`) beyond which an output pixel of
         :meth:`convolve` no longer depends on the input: half the receptive field, rounded up."""
-        reach = 0
+        reach, factor = 0, 1  # factor: input px per feature px at the current layer's input
         for layer in _conv_layers(self.model) or ():
-            reach += (layer.kernel_size[0] // 2) * self._stride_before(layer)
-        return -(-(reach + 1) // self.period) * self.period + self.period
-
-    def _stride_before(self, layer) -> int:
-        # the sampling (input px per feature px) at the input of ``layer``
-        factor = 1
-        for other in _conv_layers(self.model):
-            if other is layer:
-                return factor
-            if type(other).__name__ == "Conv2DTranspose":
-                factor //= other.strides[0]
+            reach += (layer.kernel_size[0] // 2) * factor
+            if type(layer).__name__ == "Conv2DTranspose":
+                factor //= layer.strides[0]
             else:
-                factor *= other.strides[0]
-        return factor
+                factor *= layer.strides[0]
+        return -(-(reach + 1) // self.period) * self.period + self.period
 
     def convolve(self, band: np.ndarray) -> np.ndarray:
         """A convolutional auto-encoder's layers over a whole band (H, W), float32 out (H, W).
