@@ -196,8 +196,8 @@ METHODS = {
     "default": ('`denoise` default (`residual="auto"`)', run_default),
     "sure": ('white-noise SURE correction (`residual="sure"`, the earlier default)', run_sure),
     "network": ('network alone (`residual="none"`)', run_network),
-    "conv": ("`general_conv` (convolutional AE), default pipeline", run_conv),
-    "conv_network": ('`general_conv`, network alone (`residual="none"`)', run_conv_network),
+    "conv": ("`general_conv` (conv AE)", run_conv),
+    "conv_network": ('`general_conv` alone (`residual="none"`)', run_conv_network),
 }
 MONTAGE_METHODS = ("raw", "gaussian", "bm3d", "default", "network", "conv")
 COLUMNS = (
