@@ -70,6 +70,11 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
         AEConfig(encoder=(24, 48), code=64, architecture="conv"),
         64,
     ),
+    "conv_24_48_aa": (
+        "conv 24-48 / 64, relu, anti-aliased strides (binomial blur, `antialias=True`)",
+        AEConfig(encoder=(24, 48), code=64, architecture="conv", antialias=True),
+        64,
+    ),
 }
 
 

@@ -16,7 +16,8 @@ import numpy as np
 
 
 def _conv_layers(model) -> list | None:
-    """The Conv2D / Conv2DTranspose layers of a convolutional auto-encoder, else None."""
+    """The convolution layers of a convolutional auto-encoder (``Conv2D``, ``Conv2DTranspose``
+    and the fixed ``DepthwiseConv2D`` blurs of ``antialias``), else None."""
     from stem_ae.model import get_config
 
     if get_config(model).architecture != "conv":
@@ -26,7 +27,7 @@ def _conv_layers(model) -> list | None:
         kind = type(layer).__name__
         if kind in ("Reshape", "InputLayer"):
             continue
-        if kind not in ("Conv2D", "Conv2DTranspose"):
+        if kind not in ("Conv2D", "Conv2DTranspose", "DepthwiseConv2D"):
             return None
         chain.append(layer)
     return chain or None
@@ -117,6 +118,7 @@ class Runner:
         from stem_ae.model import get_config
 
         self.window, self.normalization = model_window_and_normalization(model)
+        self.architecture = get_config(model).architecture
         self.period = get_config(model).period
         self.convolutional = _conv_layers(model) is not None
         self.chain = None if self.convolutional else _dense_chain(model)

@@ -70,6 +70,8 @@ NORMALIZATIONS = ("window", "none")
 ARCHITECTURES = ("dense", "conv")
 #: Kernel side of every convolution of a ``"conv"`` auto-encoder, px.
 CONV_KERNEL = 3
+#: The fixed anti-aliasing blur of ``AEConfig(antialias=True)``: binomial ``[1, 2, 1]/4`` squared.
+BLUR_TAPS = np.outer([1.0, 2.0, 1.0], [1.0, 2.0, 1.0]) / 16.0
 
 _MODEL_FILE = "model.keras"
 _CONFIG_FILE = "config.json"
@@ -114,6 +116,11 @@ class AEConfig:
     architecture : str
         ``"dense"`` (the paper's) or ``"conv"``, see :func:`build_autoencoder`. A ``"conv"``
         model needs ``window`` divisible by ``2**len(encoder)`` (its :attr:`period`).
+    antialias : bool
+        ``"conv"`` only: a fixed binomial blur (``[1, 2, 1]/4`` per axis, per channel) before
+        every stride-2 convolution and after every stride-2 transposed one (Zhang 2019,
+        "Making convolutional networks shift-invariant again"), so that the output depends less
+        on where a column falls on the stride grid: less position bias, one pass suffices.
 
     Raises
     ------
@@ -141,6 +148,7 @@ class AEConfig:
     name: str = "custom"
     training: dict = field(default_factory=dict)
     architecture: str = "dense"
+    antialias: bool = False
 
     def __post_init__(self) -> None:
         _check_count("window", self.window, minimum=_MIN_WINDOW)
@@ -157,6 +165,11 @@ class AEConfig:
                 f"unknown architecture {self.architecture!r}; use one of {ARCHITECTURES}"
             )
         conv = self.architecture == "conv"
+        if not isinstance(self.antialias, (bool, np.bool_)):
+            raise ValueError(f"antialias must be True or False, got {self.antialias!r}")
+        object.__setattr__(self, "antialias", bool(self.antialias))
+        if self.antialias and not conv:
+            raise ValueError("antialias=True needs architecture='conv'; a dense AE has no stride")
         if not conv and any(later > earlier for earlier, later in itertools.pairwise(encoder)):
             raise ValueError(
                 f"encoder widths must not increase towards the code, got {encoder}; "
@@ -246,7 +259,10 @@ class AEConfig:
             for previous, width in itertools.pairwise([self.code, *self.encoder[::-1]]):
                 channels += [(previous, width), (width, width)]
             channels.append((self.encoder[0], 1))
-            return sum((CONV_KERNEL**2 * n_in + 1) * n_out for n_in, n_out in channels)
+            total = sum((CONV_KERNEL**2 * n_in + 1) * n_out for n_in, n_out in channels)
+            if self.antialias:  # the fixed blurs' taps, one 3 × 3 per channel (not trained)
+                total += BLUR_TAPS.size * 2 * sum(self.encoder)
+            return total
         widths = [self.window**2, *self.encoder, self.code, *self.encoder[::-1], self.window**2]
         return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(widths))
 
@@ -260,6 +276,8 @@ class AEConfig:
         data = asdict(self)
         if data["architecture"] == "dense":
             del data["architecture"]
+        if not data["antialias"]:
+            del data["antialias"]
         data["encoder"] = list(self.encoder)
         data["training"] = json.loads(json.dumps(self.training))
         return data
@@ -356,17 +374,30 @@ def _conv_stack(config: AEConfig) -> list:
         layers.Reshape((window, window, 1)),
         conv(config.encoder[0], "encoder_0"),
     ]
+
+    def blur(name):  # fixed, per channel: not trained, saved with the model
+        return layers.DepthwiseConv2D(
+            3,
+            padding="same",
+            use_bias=False,
+            trainable=False,
+            depthwise_initializer=keras.initializers.Constant(BLUR_TAPS[:, :, None, None]),
+            name=name,
+        )
+
     levels = [*config.encoder[1:], config.code]
     for index, width in enumerate(levels, start=1):
         name = "code" if index == len(levels) else f"encoder_{index}"
+        stack += [blur(f"{name}_blur")] if config.antialias else []
         stack += [conv(width, f"{name}_down", strides=2), conv(width, name)]
     for index, width in enumerate(config.encoder[::-1]):
-        stack += [
+        stack.append(
             layers.Conv2DTranspose(
                 width, k, strides=2, padding="same", activation=act, name=f"decoder_{index}_up"
-            ),
-            conv(width, f"decoder_{index}"),
-        ]
+            )
+        )
+        stack += [blur(f"decoder_{index}_blur")] if config.antialias else []
+        stack.append(conv(width, f"decoder_{index}"))
     stack += [conv(1, "output", activation=config.output_activation)]
     stack.append(layers.Reshape((window, window)))
     return stack

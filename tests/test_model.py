@@ -80,6 +80,39 @@ def test_conv_builder_halves_the_resolution_per_level_and_mirrors_it_back():
     assert config.period == 4 and AEConfig().period == 1
 
 
+def test_antialias_puts_a_fixed_binomial_blur_around_every_stride():
+    config = AEConfig(window=16, encoder=(8, 12), code=20, architecture="conv", antialias=True)
+    model = build_autoencoder(config)
+    names = [layer.name for layer in model.layers]
+    blurs = [layer for layer in model.layers if isinstance(layer, keras.layers.DepthwiseConv2D)]
+    # before each stride-2 convolution, after each stride-2 transposed one
+    assert [layer.name for layer in blurs] == [
+        "encoder_1_blur",
+        "code_blur",
+        "decoder_0_blur",
+        "decoder_1_blur",
+    ]
+    assert names.index("encoder_1_blur") + 1 == names.index("encoder_1_down")
+    assert names.index("decoder_0_up") + 1 == names.index("decoder_0_blur")
+    for layer in blurs:
+        assert not layer.trainable and layer.strides == (1, 1)
+        taps = layer.get_weights()[0]
+        assert taps.shape[:2] == (3, 3)
+        np.testing.assert_allclose(taps[:, :, 0, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16)
+    assert model.count_params() == config.n_parameters
+    n_trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    plain = AEConfig(window=16, encoder=(8, 12), code=20, architecture="conv")
+    assert n_trainable == plain.n_parameters  # the blurs add fixed taps only
+    assert config.period == 4
+    # the field is left out of dense and plain conv configs (their config.json is unchanged)
+    assert "antialias" not in AEConfig().to_dict()
+    assert AEConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="antialias=True needs architecture='conv'"):
+        AEConfig(antialias=True)
+    with pytest.raises(ValueError, match="antialias must be True or False"):
+        AEConfig(architecture="conv", encoder=(8, 16), antialias="yes")
+
+
 def test_conv_config_needs_a_window_divisible_by_its_period():
     with pytest.raises(ValueError, match=r"divisible by 2\*\*len\(encoder\) = 8.*window=24"):
         AEConfig(window=28, encoder=(8, 16, 16), code=16, architecture="conv")
@@ -146,9 +179,12 @@ def test_from_dict_rejects_unknown_fields():
 
 
 CONV_TINY = AEConfig(window=12, encoder=(4, 8), code=8, name="tiny", architecture="conv")
+AA_TINY = AEConfig(
+    window=12, encoder=(4, 8), code=8, name="tiny", architecture="conv", antialias=True
+)
 
 
-@pytest.mark.parametrize("config", [TINY, CONV_TINY], ids=["dense", "conv"])
+@pytest.mark.parametrize("config", [TINY, CONV_TINY, AA_TINY], ids=["dense", "conv", "antialias"])
 def test_save_then_load_gives_identical_predictions_and_config(tmp_path, config):
     keras.utils.set_random_seed(0)
     model = build_autoencoder(config)

@@ -126,10 +126,12 @@ def test_fast_equals_naive_for_every_model_shape(kind):
     assert np.abs(fast - naive).max() <= 1e-4 * np.abs(naive).max()
 
 
-@pytest.fixture(scope="module")
-def conv_autoencoder():
+@pytest.fixture(scope="module", params=[False, True], ids=["conv", "antialias"])
+def conv_autoencoder(request):
     keras.utils.set_random_seed(3)
-    return build_autoencoder(AEConfig(window=16, encoder=(4, 8), code=8, architecture="conv"))
+    return build_autoencoder(
+        AEConfig(window=16, encoder=(4, 8), code=8, architecture="conv", antialias=request.param)
+    )
 
 
 def test_conv_fast_path_does_not_depend_on_bands_and_moves_with_the_image(
