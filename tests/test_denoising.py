@@ -200,6 +200,26 @@ def test_auto_keeps_correlated_noise_out_and_beats_the_network_alone():
     assert row_noise(auto) < row_noise(white)
 
 
+def test_the_data_come_back_earlier_for_a_network_without_an_error_floor():
+    from stem_ae.denoising import _excess_weight
+
+    # dense (an error floor): nothing below an excess of 1, all from 2
+    assert [_excess_weight(e, "dense") for e in (0.5, 1.0, 1.5, 2.0, 3.0)] == [0, 0, 0.5, 1, 1]
+    # convolutional: noisy real images (excess <= 0.2) keep the network; 0.5 takes all the data
+    assert [_excess_weight(e, "conv") for e in (0.17, 0.25, 0.375, 0.5, 0.8)] == [0, 0, 0.5, 1, 1]
+
+
+@pytest.mark.slow
+def test_conv_default_adds_the_data_back_at_high_dose():
+    from stem_ae.analysis import psnr
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((192, 192), defect="vacancies", pixel_size=0.2, dose=64.0, rng=5)
+    auto = denoise(scene.noisy, pixel_size=0.2, model="general_conv")
+    alone = denoise(scene.noisy, pixel_size=0.2, model="general_conv", residual="none")
+    assert psnr(scene.clean, auto) > psnr(scene.clean, alone) + 2
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("dose", "least_found"), [(4.0, 0.9), (64.0, 0.99)])
 def test_contrast_auto_denoises_dark_columns_as_dark_and_never_flips_haadf(dose, least_found):
