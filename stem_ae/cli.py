@@ -133,9 +133,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     denoise.add_argument(
         "--model",
-        default="general",
+        default=None,
         metavar="MODEL",
-        help="'general' (default), 'general_conv', 'paper', or a model folder / .keras file",
+        help="'general', 'general_conv', 'paper', or a model folder / .keras file (default: "
+        "'general', and 'general_conv' for dark-column images)",
     )
     denoise.add_argument(
         "--step", type=int, default=2, metavar="N", help="window step, px, 1..28 (default 2)"
@@ -605,7 +606,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers} must be >= 1 — e.g. --workers 2.")
-    model_name = _check_model(args.model)
+    model_name = _check_model(args.model) if args.model is not None else "general"
     inputs = [_check_input(Path(name)) for name in args.inputs]
     for i, first in enumerate(inputs):
         for second in inputs[i + 1 :]:
@@ -671,7 +672,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         with _filtered_native_stderr():
             from stem_ae.model import load_model
 
-            model = load_model(model_name)
+            models = {model_name: load_model(model_name)}
+            if args.model is None and args.contrast != "bright":  # dark images: DARK_MODEL
+                from stem_ae.denoising import DARK_MODEL
+
+                models[DARK_MODEL] = load_model(DARK_MODEL)
     except (ValueError, TypeError, OSError) as error:
         raise UsageError(
             _with_fix(
@@ -694,6 +699,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):
             started = time.perf_counter()
             count = f" ({index + 1}/{len(inputs)})" if len(inputs) > 1 else ""
+            model = models[model_name]
             factor = _resampling_factor(lattice, model)
             bar.set_description(f"{meta.path.name}{count}, resampled x{factor:.2g}")
             images[index] = None  # let each input go once it is done
@@ -729,6 +735,12 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         if lattice.radial_only
                         else detect_contrast(np.asarray(first, np.float64), lattice)
                     )
+                used_name = model_name
+                if args.model is None and contrast == "dark":
+                    from stem_ae.denoising import DARK_MODEL
+
+                    used_name = DARK_MODEL
+                model = models[used_name]
                 result = denoise(
                     image,
                     pixel_size=used,
@@ -765,7 +777,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             bar.write(
                 f"{meta.path} -> {plan['denoised']}: {_format_shape(meta.shape)} {meta.dtype}, "
                 f"pixel size {_pixel_yx_text(pixel_yx, source_text)}, lattice "
-                f"{_spacings_text(lattice, used)}, {contrast} columns, model {model_name}, step "
+                f"{_spacings_text(lattice, used)}, {contrast} columns, model {used_name}, step "
                 f"{step}, resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
                 + (f" (+ {extra})" if extra else "")
             )

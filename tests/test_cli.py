@@ -561,3 +561,24 @@ def test_denoise_with_the_convolutional_model_records_it(tmp_path):
     assert meta.processing["model"]["name"] == "general_conv"
     noise = np.sqrt(np.mean((scene.noisy - scene.clean) ** 2))
     assert np.sqrt(np.mean((denoised - scene.clean) ** 2)) < 0.7 * noise
+
+
+def test_denoise_default_model_is_the_convolutional_one_for_dark_columns(tmp_path):
+    from stem_ae.io import read_image
+    from stem_ae.simulate import simulate_scene
+
+    for contrast, expected in (("dark", "general_conv"), ("bright", "general")):
+        scene = simulate_scene((128, 128), pixel_size=0.15, dose=64.0, contrast=contrast, rng=4)
+        source = tmp_path / f"{contrast}.npy"
+        np.save(source, scene.noisy)
+        out = tmp_path / f"{contrast}_denoised.tif"
+        result = run("denoise", source, "-o", out)
+        assert result.returncode == 0, result.stderr
+        assert f"{contrast} columns, model {expected}," in result.stdout + result.stderr
+        _, meta = read_image(out)
+        assert meta.processing["model"]["name"] == expected
+    # a model given by name is used as given, dark or not
+    given = run(
+        "denoise", tmp_path / "dark.npy", "-o", tmp_path / "given.tif", "--model", "general"
+    )
+    assert given.returncode == 0 and "model general," in given.stdout + given.stderr
