@@ -96,6 +96,18 @@ def test_layer_data_keeps_scale_and_translate_and_records_processing(scene):
     assert np.std(denoised) < np.std(scene.noisy)
 
 
+def test_layer_data_default_model_follows_denoise_and_is_recorded():
+    dark = simulate_scene((128, 128), pixel_size=0.15, dose=64.0, contrast="dark", rng=4).noisy
+    bright = simulate_scene((128, 128), pixel_size=0.15, dose=64.0, rng=4).noisy
+    for data, expected in ((dark, "general_conv"), (bright, "general")):
+        (denoised, options, _), *_ = denoise_layer_data(data)
+        assert options["metadata"]["stem_ae"]["model"]["name"] == expected
+        np.testing.assert_array_equal(denoised, denoise_layer_data(data, model=expected)[0][0])
+    # a contrast given by the user decides, as in denoise
+    (_, options, _), *_ = denoise_layer_data(dark, contrast="bright")
+    assert options["metadata"]["stem_ae"]["model"]["name"] == "general"
+
+
 def test_layer_data_refuses_4d(scene):
     with pytest.raises(ValueError, match="select a 2-D image"):
         denoise_layer_data(np.zeros((2, 2, 40, 40)))

@@ -47,7 +47,8 @@ def test_widget_is_found_through_the_manifest(make_napari_viewer):
     viewer = make_napari_viewer()
     _, widget = viewer.window.add_plugin_dock_widget("stem_ae", "Denoise (stem_ae)")
     assert type(widget).__name__ == "DenoiseWidget"
-    assert widget.model.value == "general" and widget.contrast.value == "auto"
+    assert widget.model.value == "auto" and widget.contrast.value == "auto"
+    assert {"general", "general_conv", "paper"} <= set(widget.model.choices)
 
 
 def test_widget_denoises_the_selected_layer_with_its_scale(make_napari_viewer, qtbot):

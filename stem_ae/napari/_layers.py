@@ -15,7 +15,7 @@ def denoise_layer_data(
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
     step: int = 2,
-    model: Any = "general",
+    model: Any = None,
     contrast: str | None = None,
     uncertainty: bool = False,
     source: str | None = None,
@@ -34,8 +34,10 @@ def denoise_layer_data(
         so that they overlay the input exactly.
     step : int
         Window step, px.
-    model : str, path or keras.Model
-        ``"general"``, ``"paper"``, a model folder or a loaded model.
+    model : None, str, path or keras.Model
+        None: as :func:`stem_ae.denoise`, ``"general"``, or ``"general_conv"`` for dark columns
+        (chosen here, so that the record names it); ``"general"``, ``"general_conv"``,
+        ``"paper"``, a model folder or a loaded model.
     contrast : {"auto", "bright", "dark"}, optional
         Passed on to :func:`stem_ae.denoise` when it takes ``contrast``; recorded either way.
     uncertainty : bool
@@ -68,6 +70,8 @@ def denoise_layer_data(
             f"layer {name!r} has shape {array.shape}; select a 2-D image or a (frames, H, W) "
             f"series."
         )
+    if model is None:  # denoise's default: general, or DARK_MODEL for dark columns
+        model = _default_model(array, contrast)
     options: dict = {}
     if contrast is not None and "contrast" in inspect.signature(denoise).parameters:
         options["contrast"] = contrast
@@ -120,3 +124,18 @@ def denoise_layer_data(
             )
         )
     return layers
+
+
+def _default_model(array: np.ndarray, contrast: str | None) -> str:
+    """The model ``stem_ae.denoise(model=None)`` takes for these data: ``DARK_MODEL`` for dark
+    columns (given, or detected on the first frame), else ``"general"``."""
+    from stem_ae.denoising import DARK_MODEL, detect_contrast
+
+    if contrast in ("bright", "dark"):
+        return DARK_MODEL if contrast == "dark" else "general"
+    frame = np.asarray(array if array.ndim == 2 else array[0], np.float64)
+    try:
+        dark = detect_contrast(frame) == "dark"
+    except ValueError:  # no 2-D lattice: denoise takes such an image as bright (or refuses it)
+        dark = False
+    return DARK_MODEL if dark else "general"

@@ -18,6 +18,11 @@ CONTRASTS = ("auto", "bright", "dark")
 """Choices of the contrast box: ``auto`` lets :func:`stem_ae.denoise` decide."""
 
 
+AUTO_MODEL = "auto"
+"""First choice of the model box: ``stem_ae.denoise``'s default (``general``, or ``general_conv``
+for dark columns)."""
+
+
 def _model_choices() -> list[str]:
     from importlib import resources
 
@@ -44,9 +49,8 @@ class DenoiseWidget(Container):
         self.viewer = napari_viewer
         self.layer = ComboBox(label="image", choices=self._image_layers)
         self.step = SpinBox(label="step (px)", value=2, min=1, max=28)
-        models = _model_choices()
         self.model = ComboBox(
-            label="model", choices=models, value="general" if "general" in models else models[0]
+            label="model", choices=[AUTO_MODEL, *_model_choices()], value=AUTO_MODEL
         )
         self.contrast = ComboBox(label="contrast", choices=CONTRASTS, value="auto")
         self.uncertainty = CheckBox(text="also the uncertainty", value=False)
@@ -89,7 +93,7 @@ class DenoiseWidget(Container):
             "scale": tuple(layer.scale)[-ndim:],
             "translate": tuple(layer.translate)[-ndim:],
             "step": int(self.step.value),
-            "model": self.model.value,
+            "model": None if self.model.value == AUTO_MODEL else self.model.value,
             "contrast": self.contrast.value,
             "uncertainty": bool(self.uncertainty.value),
             "source": None if source is None else str(source),
