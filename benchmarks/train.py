@@ -26,7 +26,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 
 from stem_ae.model import get_config, save_model
-from stem_ae.training import RECIPES, error_metrics, evaluate, make_test_set, train_recipe
+from stem_ae.training import (
+    RECIPES,
+    VacancyCheck,
+    error_metrics,
+    evaluate,
+    make_test_set,
+    train_recipe,
+)
 
 
 def peak_rss_mb() -> float:
@@ -54,6 +61,8 @@ class EpochReport(keras.callbacks.Callback):
         seconds = time.perf_counter() - self.started
         logs = logs or {}
         validation = f" val_loss {logs['val_loss']:.5f}" if "val_loss" in logs else ""
+        if "vacancies_filled" in logs:
+            validation += f" vacancies filled {logs['vacancies_filled']:.1%}"
         print(
             f"epoch {epoch + 1}: loss {logs.get('loss', float('nan')):.5f}{validation} "
             f"{self.n_samples / seconds:,.0f} samples/s ({seconds:.0f} s)",
@@ -92,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
         args.recipe,
         **overrides,
         validation=args.validation or None,
-        callbacks=[EpochReport(n_samples)],
+        callbacks=[VacancyCheck(), EpochReport(n_samples)],
     )
     wall = time.perf_counter() - started
     rss = peak_rss_mb()
@@ -107,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
         "peak_rss_mb": round(rss),
         "loss": [round(value, 6) for value in history.history["loss"]],
         "val_loss": [round(value, 6) for value in history.history.get("val_loss", [])],
+        # the network alone on windows around vacancies at 1 count/px (training.VacancyCheck)
+        "vacancies_filled": [
+            round(value, 4) for value in history.history.get("vacancies_filled", [])
+        ],
         "config": get_config(model).to_dict(),
         "test": {},
     }

@@ -22,12 +22,14 @@ import numpy as np
 from stem_ae.model import (
     AEConfig,
     build_autoencoder,
+    get_config,
     predict_windows,
     standardize,
 )
 
 __all__ = [
     "RECIPES",
+    "VacancyCheck",
     "WindowStream",
     "draw_pool",
     "error_metrics",
@@ -36,6 +38,8 @@ __all__ = [
     "resolve_distribution",
     "train",
     "train_recipe",
+    "vacancies_filled",
+    "vacancy_windows",
 ]
 
 # Seed-sequence tags: training blocks use (seed, epoch, block), test sets (_TEST_TAG, seed).
@@ -641,3 +645,151 @@ def evaluate(
         See :func:`error_metrics`.
     """
     return error_metrics(predict_windows(model, noisy, batch_size=batch_size), clean)
+
+
+# --------------------------------------------------------------------------------------------
+# a validation metric beside the loss: does the network paint columns into vacancies?
+
+VACANCY_DOSE = 1.0
+"""Mean counts/px of the vacancy windows: the dose at which the issue's target (≤ 2 % filled) is
+set, and where a network that has learnt the lattice rather than the data paints columns."""
+
+
+def vacancy_windows(
+    *,
+    spacing: float = 7.75,
+    dose: float = VACANCY_DOSE,
+    n_scenes: int = 4,
+    seed: int = 2024,
+    window: int = 28,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """Windows around the column vacancies of simulated SrTiO3 scenes.
+
+    ``n_scenes`` scenes of 160² px (:func:`stem_ae.simulate.simulate_scene`, 10 % vacancies,
+    Poisson noise at ``dose`` counts/px, seeds ``seed, seed + 1, …``) are drawn at the pixel size
+    that puts the dominant (110) plane spacing, ``a/√2``, at ``spacing`` px; a window is cut
+    around every vacancy, which lands at a random place in it (not within 4 px of its edge:
+    the floating window sees every vacancy at every such place), where the window fits.
+
+    Returns
+    -------
+    noisy, clean : ndarray, shape (N, window, window), float32
+    sites : list of N arrays, shape (2, 2) then (K, 2)
+        Per window, the vacancy's position (first row) and the columns' (the rest), px, in the
+        window's coordinates.
+    """
+    from stem_ae.simulate import SRTIO3_CELL, simulate_scene
+
+    pixel_size = SRTIO3_CELL / math.sqrt(2) / float(spacing)
+    half = window // 2
+    reach = max(1, window // 2 - 4)  # the vacancy lands anywhere but the outer 4 px
+    shifts = np.random.default_rng([int(seed), 0x7AC]).integers(-reach, reach + 1, (10_000, 2))
+    noisy, clean, sites = [], [], []
+    for k in range(int(n_scenes)):
+        scene = simulate_scene(
+            (160, 160),
+            defect="vacancies",
+            vacancy_fraction=0.1,
+            pixel_size=pixel_size,
+            dose=dose,
+            rng=int(seed) + k,
+        )
+        vacancies = np.asarray(scene.metadata["vacancies"]["positions"], float).reshape(-1, 2)
+        for vacancy in vacancies:
+            dy, dx = shifts[len(noisy)]
+            top, left = (int(v) - half + d for v, d in zip(np.rint(vacancy), (dy, dx), strict=True))
+            if min(top, left) < 0 or max(top, left) + window > 160:
+                continue
+            origin = np.array([top, left], float)
+            inside = scene.columns - origin
+            keep = np.all((inside >= 2) & (inside <= window - 3), axis=1)
+            noisy.append(scene.noisy[top : top + window, left : left + window])
+            clean.append(scene.clean[top : top + window, left : left + window])
+            sites.append(np.vstack([vacancy - origin, inside[keep]]))
+    return (
+        np.asarray(noisy, np.float32),
+        np.asarray(clean, np.float32),
+        sites,
+    )
+
+
+def vacancies_filled(
+    outputs: np.ndarray,
+    sites: Sequence[np.ndarray],
+    radius: float = 1.5,
+    threshold: float = 0.25,
+) -> float:
+    """Fraction of vacancy windows in which ``outputs`` shows a column at the vacancy.
+
+    A site's height is the mean of the window within ``radius`` px of it minus the window's
+    median; the vacancy (first row of ``sites[i]``) counts as filled when its height exceeds
+    ``threshold`` × the median height of the window's columns (the other rows): the weakest
+    column :func:`stem_ae.analysis.find_columns` keeps by default.
+
+    Examples
+    --------
+    >>> yy, xx = np.mgrid[:28, :28]
+    >>> spot = lambda y, x: np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / 4.0)
+    >>> empty = spot(6, 6) + spot(6, 20) + spot(20, 6) + spot(20, 20)
+    >>> sites = [np.array([[14, 14], [6, 6], [6, 20], [20, 6], [20, 20]], float)]
+    >>> vacancies_filled(empty[None], sites), vacancies_filled((empty + spot(14, 14))[None], sites)
+    (0.0, 1.0)
+    """
+    outputs = np.asarray(outputs, np.float64)
+    if outputs.ndim != 3 or len(outputs) != len(sites):
+        raise ValueError(
+            f"outputs must be (N, w, w) with one site array per window; got {outputs.shape} "
+            f"and {len(sites)} site arrays"
+        )
+    if not len(outputs):
+        raise ValueError("no vacancy windows to score; draw more scenes")
+    yy, xx = np.mgrid[: outputs.shape[1], : outputs.shape[2]]
+    filled = []
+    for image, points in zip(outputs, sites, strict=True):
+        base = np.median(image)
+        heights = [
+            image[(yy - y) ** 2 + (xx - x) ** 2 <= radius**2].mean() - base for y, x in points
+        ]
+        columns = heights[1:]
+        filled.append(bool(columns) and heights[0] > threshold * float(np.median(columns)))
+    return float(np.mean(filled))
+
+
+class VacancyCheck(keras.callbacks.Callback):
+    """Log ``vacancies_filled`` after every epoch: the network alone on :func:`vacancy_windows`.
+
+    The windows are drawn once, on the first epoch's end, at the middle (geometric centre) of the
+    model's trained spacing range. ``train(..., callbacks=[VacancyCheck()])`` then has
+    ``history.history["vacancies_filled"]`` beside the loss.
+
+    Parameters
+    ----------
+    dose : float
+        Mean counts/px of the windows (default :data:`VACANCY_DOSE`).
+    n_scenes : int
+        Scenes to cut them from (about 30 windows each).
+    seed : int
+        First scene seed (never a training seed: the scenes come from ``simulate_scene``).
+    """
+
+    def __init__(self, dose: float = VACANCY_DOSE, n_scenes: int = 4, seed: int = 2024) -> None:
+        super().__init__()
+        self.dose, self.n_scenes, self.seed = float(dose), int(n_scenes), int(seed)
+        self._windows = None
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self._windows is None:
+            config = get_config(self.model)
+            low, high = config.spacing_range
+            noisy, _, sites = vacancy_windows(
+                spacing=math.sqrt(low * high),
+                dose=self.dose,
+                n_scenes=self.n_scenes,
+                seed=self.seed,
+                window=config.window,
+            )
+            self._windows = (noisy, sites)
+        noisy, sites = self._windows
+        value = vacancies_filled(predict_windows(self.model, noisy), sites)
+        if logs is not None:
+            logs["vacancies_filled"] = value
