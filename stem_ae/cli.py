@@ -673,10 +673,6 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
             from stem_ae.model import load_model
 
             models = {model_name: load_model(model_name)}
-            if args.model is None and args.contrast != "bright":  # dark images: DARK_MODEL
-                from stem_ae.denoising import DARK_MODEL
-
-                models[DARK_MODEL] = load_model(DARK_MODEL)
     except (ValueError, TypeError, OSError) as error:
         raise UsageError(
             _with_fix(
@@ -736,10 +732,14 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         else detect_contrast(np.asarray(first, np.float64), lattice)
                     )
                 used_name = model_name
-                if args.model is None and contrast == "dark":
+                if args.model is None and contrast == "dark":  # as denoise(model=None)
                     from stem_ae.denoising import DARK_MODEL
+                    from stem_ae.model import load_model
 
                     used_name = DARK_MODEL
+                    if used_name not in models:  # a shipped model: loaded on first need
+                        with _filtered_native_stderr():
+                            models[used_name] = load_model(used_name)
                 model = models[used_name]
                 result = denoise(
                     image,
