@@ -118,8 +118,8 @@ class Runner:
         from stem_ae.model import get_config
 
         self.window, self.normalization = model_window_and_normalization(model)
-        self.architecture = get_config(model).architecture
-        self.period = get_config(model).period
+        config = get_config(model)
+        self.architecture, self.period = config.architecture, config.period
         self.convolutional = _conv_layers(model) is not None
         self.chain = None if self.convolutional else _dense_chain(model)
         self.model = model if self.chain is None else None

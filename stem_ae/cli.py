@@ -29,7 +29,7 @@ _STARTED = time.perf_counter()  # when the command started (start-up is part of 
 PROG = "stem-ae"
 MAX_PIXEL_SIZE = 100.0  # Å/px; coarser than this is not an atomic-resolution image
 EXIT_BAD_INPUT = 2
-SHIPPED_MODELS = ("general", "paper")
+SHIPPED_MODELS = ("general", "general_conv", "paper")
 _KEEP_BYTES = 1 << 30  # inputs read during the checks are kept in memory up to 1 GiB in all
 
 
@@ -606,7 +606,12 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers {args.workers} must be >= 1 — e.g. --workers 2.")
-    model_name = _check_model(args.model) if args.model is not None else "general"
+    if args.model is None:
+        from stem_ae.denoising import default_model
+
+        model_name = default_model("bright")
+    else:
+        model_name = _check_model(args.model)
     inputs = [_check_input(Path(name)) for name in args.inputs]
     for i, first in enumerate(inputs):
         for second in inputs[i + 1 :]:
@@ -732,11 +737,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         else detect_contrast(np.asarray(first, np.float64), lattice)
                     )
                 used_name = model_name
-                if args.model is None and contrast == "dark":  # as denoise(model=None)
-                    from stem_ae.denoising import DARK_MODEL
+                if args.model is None:  # as denoise(model=None): by the contrast
+                    from stem_ae.denoising import default_model
                     from stem_ae.model import load_model
 
-                    used_name = DARK_MODEL
+                    used_name = default_model(contrast)
                     if used_name not in models:  # a shipped model: loaded on first need
                         with _filtered_native_stderr():
                             models[used_name] = load_model(used_name)

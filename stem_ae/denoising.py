@@ -306,7 +306,7 @@ def denoise(
         if pixel_size is None and signal_info["pixel_size"] is not None:
             pixel_size = signal_info["pixel_size"][1]
     image, lazy = _check_input(image)
-    default_model = model is None
+    by_contrast = model is None  # the default model: chosen again once the contrast is known
     model = _resolve_model(model)
     step = check_step(step, model_window_and_normalization(model)[0])
     check_blend(blend)
@@ -318,10 +318,10 @@ def denoise(
 
     tiled = lazy or (image.ndim == 2 and image.size > LARGE_IMAGE)
     plan = _measure(image, lazy, model, step, blend, pixel_size, lattice_constant, contrast)
-    if default_model and plan.dark:  # dark columns: the model that does not paint the rims
+    if by_contrast and plan.dark:  # dark columns: the model that does not paint the rims
         from stem_ae.model import get_config
 
-        dense, model = model, _resolve_model(DARK_MODEL)
+        dense, model = model, _resolve_model(default_model("dark"))
         step = check_step(step, model_window_and_normalization(model)[0])
         if get_config(model).spacing_range != get_config(dense).spacing_range:
             plan = _measure(image, lazy, model, step, blend, pixel_size, lattice_constant, "dark")
@@ -442,9 +442,10 @@ _SHIPPED: dict = {}
 
 
 def _resolve_model(model):
-    """A Keras model from None (shipped "general"), a name/path, or a model."""
+    """A Keras model from None (:func:`default_model` of bright columns), a name/path, or a
+    model."""
     if model is None:
-        model = "general"
+        model = default_model("bright")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
         from stem_ae.model import load_model
 
@@ -605,6 +606,13 @@ between the dark rims of an ABF image as weak columns: on the simulated ABF scen
 error (9.1 and 4.2 pm against 10.5 and 4.3) and fewer vacancies filled (44 % and 12 % against
 46 % and 41 %); on the real ABF image of ``benchmarks/real.py`` it fits the lattice better
 (0.4165 px against 0.4227, sites kept 98 % either way)."""
+
+
+def default_model(contrast: str) -> str:
+    """The shipped model that ``model=None`` stands for: :data:`DARK_MODEL` for ``"dark"``
+    columns, else ``"general"`` (what the CLI and the napari widget also take by default)."""
+    return DARK_MODEL if contrast == "dark" else "general"
+
 
 RESIDUAL_MODES = ("auto", "sure", "none")
 """Named residual corrections: ``"auto"`` chooses the bandwidth by SURE under the noise spectrum

@@ -1306,7 +1306,7 @@ REALISTIC = TrainingDistribution.from_dict(
         "clean_fraction": 0.05,
     }
 )
-"""The shipped ``general`` model's recipe: :data:`GENERAL` plus what real images have —
+"""The shipped ``general_conv`` model's recipe: :data:`GENERAL` plus what real images have —
 weak columns down to 0.1 of the strongest, up to 10 % vacancies, doses 0.5–1000 counts/px and
 5 % noise-free windows (so that clean data pass through), drift-corrected frame averages,
 afterglow and scan streaks (the correlated noise of :class:`NoiseModel`). Dark contrast is left
@@ -1322,8 +1322,9 @@ def _resolve_distribution(distribution) -> TrainingDistribution:
         return _DISTRIBUTIONS[distribution.lower()]
     if isinstance(distribution, Mapping):
         return TrainingDistribution.from_dict(distribution)
+    names = ", ".join(repr(name) for name in _DISTRIBUTIONS)
     raise ValueError(
-        f"unknown training distribution {distribution!r}; accepted: 'paper', 'general', a "
+        f"unknown training distribution {distribution!r}; accepted: {names}, a "
         "TrainingDistribution or its to_dict()"
     )
 

@@ -83,23 +83,14 @@ RECIPES: dict[str, dict[str, Any]] = {
 
 
 def resolve_distribution(distribution: Any):
-    """Return a ``TrainingDistribution``: pass one through, or look up ``"paper"``/``"general"``.
+    """Return a ``TrainingDistribution``: pass one through, or look up ``"paper"``,
+    ``"general"`` or ``"realistic"``.
 
     Also accepts the dict written by ``TrainingDistribution.to_dict()``.
     """
     from stem_ae import simulate
 
-    if isinstance(distribution, simulate.TrainingDistribution):
-        return distribution
-    if isinstance(distribution, dict):
-        return simulate.TrainingDistribution.from_dict(distribution)
-    named = {"paper": simulate.PAPER, "general": simulate.GENERAL, "realistic": simulate.REALISTIC}
-    if isinstance(distribution, str) and distribution.lower() in named:
-        return named[distribution.lower()]
-    raise ValueError(
-        f"unknown training distribution {distribution!r}; pass 'paper', 'general', 'realistic' "
-        "or a stem_ae.simulate.TrainingDistribution"
-    )
+    return simulate._resolve_distribution(distribution)
 
 
 def _standardized_pair(noisy: np.ndarray, clean: np.ndarray, normalization: str):

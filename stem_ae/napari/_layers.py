@@ -127,15 +127,15 @@ def denoise_layer_data(
 
 
 def _default_model(array: np.ndarray, contrast: str | None) -> str:
-    """The model ``stem_ae.denoise(model=None)`` takes for these data: ``DARK_MODEL`` for dark
-    columns (given, or detected on the first frame), else ``"general"``."""
-    from stem_ae.denoising import DARK_MODEL, detect_contrast
+    """The model ``stem_ae.denoise(model=None)`` takes for these data
+    (:func:`stem_ae.denoising.default_model` of the contrast given, or detected on the first
+    frame)."""
+    from stem_ae.denoising import default_model, detect_contrast
 
-    if contrast in ("bright", "dark"):
-        return DARK_MODEL if contrast == "dark" else "general"
-    frame = np.asarray(array if array.ndim == 2 else array[0], np.float64)
-    try:
-        dark = detect_contrast(frame) == "dark"
-    except ValueError:  # no 2-D lattice: denoise takes such an image as bright (or refuses it)
-        dark = False
-    return DARK_MODEL if dark else "general"
+    if contrast not in ("bright", "dark"):
+        frame = np.asarray(array if array.ndim == 2 else array[0], np.float64)
+        try:
+            contrast = detect_contrast(frame)
+        except ValueError:  # no 2-D lattice: denoise takes such an image as bright (or refuses)
+            contrast = "bright"
+    return default_model(contrast)
