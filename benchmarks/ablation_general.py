@@ -14,8 +14,14 @@ error floor?) and plain Poisson windows at 1, 4, 16 and 64 counts/px, by the mea
 (``stem_ae.training.error_metrics``), and timed on a 1024² image through
 ``stem_ae.reconstruct`` (step 2). Rows are merged into
 ``benchmarks/results/ablation_general.json`` (keyed by candidate) and the table
-``ablation_general.md`` is written from it; the whole-image benchmarks of the shipped model
-(``quality.py``, ``real.py``) are added to the table by ``--shipped``.
+``ablation_general.md`` is written from it. A budget in seconds means little without the CPU,
+so every row names its CPU; a candidate rerun on another CPU gets a row of its own.
+
+``--real`` also scores each trained candidate, alone (``residual="none"``), on the noisy real
+images of ``benchmarks/real.py`` (:data:`REAL_IMAGES`; lattice-fit RMS, px, with the fraction of
+sites kept), beside the shipped ``general`` and ``general_conv`` scored the same way, so that a
+short-run candidate is compared with short-run candidates of the same CPU, and the shipped models
+show how far training takes them. ``--save DIR`` keeps each trained candidate in ``DIR/<name>``.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import keras
 import numpy as np
 
 from stem_ae.io import _atomic_write
-from stem_ae.model import AEConfig, build_autoencoder, standardize, unstandardize
+from stem_ae.model import AEConfig, build_autoencoder, save_model, standardize, unstandardize
 from stem_ae.simulate import REALISTIC, TrainingDistribution
 from stem_ae.training import _standardized_pair, draw_pool, error_metrics, make_test_set
 from stem_ae.windows import reconstruct
@@ -42,6 +48,8 @@ from stem_ae.windows import reconstruct
 RESULTS = Path(__file__).resolve().parent / "results"
 JSON = RESULTS / "ablation_general.json"
 DOSES = (1, 4, 16, 64)
+
+SHIPPED_PREFIX = "shipped:"  # records of the shipped models (``--real`` only), not candidates
 
 #: name -> (description, config, batch size)
 CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
@@ -73,6 +81,18 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
     "conv_24_48_aa": (
         "conv 24-48 / 64, relu, anti-aliased strides (binomial blur, `antialias=True`)",
         AEConfig(encoder=(24, 48), code=64, architecture="conv", antialias=True),
+        64,
+    ),
+    # A real bottleneck: 64 channels at 7 x 7 hold 3,136 numbers for a 784-pixel window (no
+    # compression, a learned local filter); 16 or 8 channels force a code of 784 or 392.
+    "conv_24_48_c16": (
+        "conv 24-48 / 16, relu (code 7 × 7 × 16 = 784)",
+        AEConfig(encoder=(24, 48), code=16, architecture="conv"),
+        64,
+    ),
+    "conv_24_48_c8": (
+        "conv 24-48 / 8, relu (code 7 × 7 × 8 = 392)",
+        AEConfig(encoder=(24, 48), code=8, architecture="conv"),
         64,
     ),
 }
@@ -110,7 +130,32 @@ class _Budget(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def run(name: str, pool, tests, budget: float) -> dict:
+#: the noisy real images of ``benchmarks/real.py`` (the two atomap images are nearly clean)
+REAL_IMAGES = ("tecnai_srtio3", "rebco", "mos2_se", "au_particle")
+
+
+def real_scores(model) -> dict[str, list[float]]:
+    """``{image: [RMS px, sites kept]}`` of ``denoise(image, model=model, residual="none")``."""
+    import real
+    import realdata
+
+    from stem_ae import denoise
+
+    scores = {}
+    for name in REAL_IMAGES:
+        image = realdata.by_name()[name]
+        whole, pixel_size = realdata.load(image)
+        raw = realdata.crop(image, whole).astype(np.float64)
+        ctx = real.context(raw, image.contrast == "bright", pixel_size, image.reciprocal)
+        output = np.asarray(denoise(raw, model=model, residual="none"), np.float64)
+        result = real.score(output, ctx)
+        scores[name] = [round(result["rms_px"], 3), round(result["sites_kept"], 3)]
+    return scores
+
+
+def run(
+    name: str, pool, tests, budget: float, save: Path | None = None, real: bool = False
+) -> dict:
     description, config, batch = CANDIDATES[name]
     keras.utils.set_random_seed(0)
     model = build_autoencoder(config)
@@ -139,37 +184,100 @@ def run(name: str, pool, tests, budget: float) -> dict:
     start = time.perf_counter()
     reconstruct(image, model, step=2)
     row["s_1024"] = round(time.perf_counter() - start, 2)
+    if save is not None:
+        save_model(model, save / name)
+    if real:
+        row["real"] = real_scores(model)
     return row
+
+
+def machine() -> str:
+    """``"x86_64, <CPU model>, <n> cores"``: a budget in seconds means little without the CPU."""
+    model = "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return f"{platform.machine()}, {model}, {os.cpu_count()} cores"
+
+
+def record_key(records: dict, name: str, where: str) -> str:
+    """``name``, or ``"name @ CPU"`` when ``name`` was measured on another machine: a rerun on a
+    different CPU sits beside the earlier row instead of replacing it."""
+    earlier = records.get(name)
+    if earlier is None or earlier.get("machine") == where:
+        return name
+    return f"{name} @ {_cpu({'machine': where})}"
+
+
+def _cpu(row: dict) -> str:
+    """The CPU model of a row's machine, shortened (``"AMD EPYC"``, ``"Intel Xeon 2.00GHz"``)."""
+    parts = row.get("machine", "?").split(", ")
+    name = parts[1] if len(parts) == 3 else "?"
+    name = name.replace("(R)", "").replace(" Processor", "").replace(" CPU", "")
+    return " ".join(word for word in name.split() if word != "@")
 
 
 def _count(value) -> str:
     return "—" if value is None else f"{value:,}"
 
 
+def real_table(records: dict) -> list[str]:
+    """The ``--real`` scores, candidates first, then the shipped models for reference."""
+    rows = [(key, row) for key, row in records.items() if "real" in row]
+    if not rows:
+        return []
+    lines = [
+        "## Real images, network alone",
+        "",
+        '`denoise(image, model=candidate, residual="none")` on the noisy real images of '
+        "`benchmarks/real.py`, scored as there: lattice-fit RMS (px; lower is better) and, in "
+        "brackets, the sites that keep a column. Short-run candidates compare with each other; "
+        "the shipped models (trained 30–60 min) show what training adds.",
+        "",
+        "| candidate | CPU | " + " | ".join(f"`{name}`" for name in REAL_IMAGES) + " |",
+        "|---|---|" + "---:|" * len(REAL_IMAGES),
+    ]
+    for _key, row in rows:
+        cells = [
+            f"{row['real'][name][0]:.3f} ({100 * row['real'][name][1]:.0f} %)"
+            if name in row["real"]
+            else "—"
+            for name in REAL_IMAGES
+        ]
+        lines.append(f"| {row['description']} | {_cpu(row)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(records: dict) -> str:
     columns = ["noise-free", *(f"dose {d}" for d in DOSES)]
+    shipped = {k: v for k, v in records.items() if k.startswith(SHIPPED_PREFIX)}
+    records = {k: v for k, v in records.items() if k not in shipped}
     first = next(iter(records.values()), {})
     lines = [
         "# Ablation for the `general` model",
         "",
         "Command: `python benchmarks/ablation_general.py` (module docstring: the protocol). Every "
         "candidate trains for the same wall-clock budget on the same pool of "
-        f"{first.get('pool', '?'):,} windows of the `realistic` distribution on "
-        f"{first.get('machine', '?')}; PSNR (dB) is the mean over 1,000 test windows of the "
+        f"{first.get('pool', '?'):,} windows of the `realistic` distribution on the "
+        "row's CPU (2 cores; compare budgets only within one CPU); PSNR (dB) is the mean over "
+        "1,000 test windows of the "
         "per-window PSNR against the noise-free truth (window range as peak). `input` is the "
         "noisy window itself. s at 1024²: `reconstruct(step=2)` of a 1024² image.",
         "",
-        "| candidate | parameters | train s | windows seen | "
+        "| candidate | CPU | parameters | train s | windows seen | "
         + " | ".join(columns)
         + " | s at 1024² |",
-        "|---|---:|---:|---:|" + "---:|" * len(columns) + "---:|",
+        "|---|---|---:|---:|---:|" + "---:|" * len(columns) + "---:|",
     ]
     for row in records.values():
         cells = [row["noise-free"]] + [
             f"{row[f'dose {d}']} (input {row[f'dose {d} input']})" for d in DOSES
         ]
         lines.append(
-            f"| {row['description']} | {row['parameters']:,} | {row['train_s']} | "
+            f"| {row['description']} | {_cpu(row)} | {row['parameters']:,} | {row['train_s']} | "
             f"{_count(row['windows_seen'])} | "
             + " | ".join(map(str, cells))
             + f" | {row['s_1024']} |"
@@ -179,11 +287,11 @@ def table(records: dict) -> str:
             "",
             "‡ From the first run of this protocol (the same pool, test windows and code, a "
             "budget of 240 s; s at 1024², and windows seen by the stopped conv run, not recorded "
-            "then). The earlier dense `general` took 8.6–9.3 s at 1024² (step 2) on this CPU.",
+            "then). The earlier dense `general` took 8.6–9.3 s at 1024² (step 2) on the AMD EPYC.",
         ]
-    shipped = RESULTS / "ablation_general_shipped.md"
-    if shipped.exists():
-        lines += ["", shipped.read_text(encoding="utf-8").strip()]
+    real = real_table({**records, **shipped})
+    if real:
+        lines += ["", *real]
     return "\n".join(lines) + "\n"
 
 
@@ -192,6 +300,12 @@ def main(argv: list[str]) -> None:
     parser.add_argument("names", nargs="*", help=f"candidates (default all): {list(CANDIDATES)}")
     parser.add_argument("--budget", type=float, default=240.0, help="training seconds each")
     parser.add_argument("--pool", type=int, default=100_000, help="windows in the pool")
+    parser.add_argument(
+        "--save", type=Path, default=None, help="keep each trained candidate in SAVE/<name>"
+    )
+    parser.add_argument(
+        "--real", action="store_true", help="also score each candidate on the noisy real images"
+    )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(CANDIDATES))
     if unknown:
@@ -203,18 +317,31 @@ def main(argv: list[str]) -> None:
     tests = test_sets()
     records = json.loads(JSON.read_text(encoding="utf-8")) if JSON.exists() else {}
     for name in args.names or list(CANDIDATES):
-        row = run(name, pool, tests, args.budget)
-        row.update(pool=args.pool, machine=f"{platform.machine()}, {os.cpu_count()} cores")
-        records[name] = row
+        row = run(name, pool, tests, args.budget, args.save, args.real)
+        row.update(pool=args.pool, machine=machine())
+        records[record_key(records, name, row["machine"])] = row
         print(name, json.dumps(row), flush=True)
-        _atomic_write(
-            JSON, lambda p: p.write_text(json.dumps(records, indent=1) + "\n"), overwrite=True
-        )
-        _atomic_write(
-            RESULTS / "ablation_general.md",
-            lambda p: p.write_text(table(records), encoding="utf-8"),
-            overwrite=True,
-        )
+        write(records)
+    if args.real:
+        for shipped in ("general", "general_conv"):
+            records[SHIPPED_PREFIX + shipped] = {
+                "description": f"shipped `{shipped}`",
+                "machine": machine(),
+                "real": real_scores(shipped),
+            }
+        write(records)
+
+
+def write(records: dict) -> None:
+    """``ablation_general.json`` and ``.md``, each written atomically."""
+    _atomic_write(
+        JSON, lambda p: p.write_text(json.dumps(records, indent=1) + "\n"), overwrite=True
+    )
+    _atomic_write(
+        RESULTS / "ablation_general.md",
+        lambda p: p.write_text(table(records), encoding="utf-8"),
+        overwrite=True,
+    )
 
 
 if __name__ == "__main__":
