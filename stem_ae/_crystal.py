@@ -79,15 +79,22 @@ def peak_contrast(tile: np.ndarray, spacing: float, reciprocal: np.ndarray | Non
     >>> peak_contrast(lattice + noise, 8.0) > 16 > peak_contrast(noise, 8.0)
     True
     """
-    side = tile.shape[0]
+    return float(_peak_contrasts(tile[None], float(spacing), reciprocal)[0])
+
+
+def _peak_contrasts(
+    tiles: np.ndarray, spacing: float, reciprocal: np.ndarray | None = None
+) -> np.ndarray:
+    """:func:`peak_contrast` of a stack of tiles, shape (N, T, T): one batched FFT, one annulus."""
+    side = tiles.shape[-1]
     taper = np.hanning(side + 2)[1:-1]
-    power = np.abs(np.fft.fft2(np.outer(taper, taper) * (tile - tile.mean()))) ** 2
+    window = np.outer(taper, taper)
+    centred = np.stack([window * (tile - tile.mean()) for tile in tiles])
+    power = np.abs(np.fft.fft2(centred)) ** 2
     annulus = _annulus(side, float(spacing))
-    values = power[annulus]
-    median = float(np.median(values))
-    if median <= 0:
-        return 0.0 if values.max() <= 0 else math.inf
-    top = float(np.partition(values, -TOP_BINS)[-TOP_BINS:].mean())
+    values = power[:, annulus]
+    median = np.median(values, axis=1)
+    top = np.partition(values, -TOP_BINS, axis=1)[:, -TOP_BINS:].mean(axis=1)
     if reciprocal is not None:
         g1, g2 = np.asarray(reciprocal, np.float64) * side
         known = []
@@ -96,10 +103,12 @@ def peak_contrast(tile: np.ndarray, spacing: float, reciprocal: np.ndarray | Non
             if np.all(np.abs(centre) < side // 2 - 1):
                 rows = (centre[0] + np.arange(-1, 2)) % side
                 cols = (centre[1] + np.arange(-1, 2)) % side
-                known.append(power[np.ix_(rows, cols)].max())
+                known.append(power[:, rows[:, None], cols[None, :]].max(axis=(1, 2)))
         if known:
-            top = max(top, float(np.mean(known)))
-    return top / median
+            top = np.maximum(top, np.mean(known, axis=0))
+    peaks = values.max(axis=1)
+    safe = np.where(median > 0, median, 1.0)
+    return np.where(median > 0, top / safe, np.where(peaks <= 0, 0.0, math.inf))
 
 
 def _annulus(side: int, spacing: float) -> np.ndarray:
@@ -159,10 +168,9 @@ def crystal_map(
     # tile starts on the global grid (multiples of hop), covering the block, clamped inside it
     starts = [_starts(o, n, side, hop) for o, n in zip(origin, image.shape, strict=True)]
     scores = np.empty((len(starts[0]), len(starts[1])))
-    for i, y0 in enumerate(starts[0]):
-        for j, x0 in enumerate(starts[1]):
-            tile = image[y0 : y0 + side, x0 : x0 + side]
-            scores[i, j] = peak_contrast(tile, spacing, reciprocal)
+    for i, y0 in enumerate(starts[0]):  # a row of tiles at a time: one FFT, bounded memory
+        row = np.stack([image[y0 : y0 + side, x0 : x0 + side] for x0 in starts[1]])
+        scores[i] = _peak_contrasts(row, spacing, reciprocal)
     low, high = (math.log(c) for c in CONTRAST_RANGE)
     strength = np.clip((np.log(np.maximum(scores, 1e-12)) - low) / (high - low), 0.0, 1.0)
     if localize is None and np.mean(strength >= 1.0) < MIN_CRYSTAL_TILES:

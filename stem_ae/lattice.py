@@ -10,6 +10,7 @@ no single 2-D lattice stands out (several grains or particles).
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, replace
@@ -168,7 +169,16 @@ def _dewhiten(spectrum: _Spectrum) -> _Spectrum:
     at high frequency, ~|k|^4 near 0) convolved with the taper's spectral window; dividing by it
     makes white noise flat again, while the leakage of coloured low-frequency power stays gone.
     """
-    n = spectrum.n
+    gain, expected = _white_response(spectrum.n)
+    spectrum.amplitude = spectrum.power / gain
+    spectrum.power = spectrum.power / expected
+    return spectrum
+
+
+@functools.lru_cache(maxsize=8)
+def _white_response(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(gain, expected)`` of :func:`_dewhiten` for side ``n``, fftshifted and read-only: they
+    depend on the side alone, so a batch of same-sized images computes them once."""
     k = np.fft.fftfreq(n)
     gain_y = 4 * np.sin(np.pi * k) ** 2
     gain = (gain_y[:, None] + gain_y[None, :]) ** 2
@@ -176,9 +186,9 @@ def _dewhiten(spectrum: _Spectrum) -> _Spectrum:
     expected = np.fft.ifft2(np.fft.fft2(window) * np.fft.fft2(gain)).real
     expected = np.fft.fftshift(np.maximum(expected, 1e-12 * expected.max()))
     taper_sum = float(_hann(n).sum()) ** 2
-    spectrum.amplitude = spectrum.power / np.fft.fftshift(np.maximum(gain, 1e-300) * taper_sum**2)
-    spectrum.power = spectrum.power / expected
-    return spectrum
+    scale = np.fft.fftshift(np.maximum(gain, 1e-300) * taper_sum**2)
+    scale.flags.writeable = expected.flags.writeable = False
+    return scale, expected
 
 
 def _gain(g: np.ndarray) -> float:
@@ -297,11 +307,31 @@ def _geometry(n: int):
     return v, u, radius, axis
 
 
-def _ring_statistic(values, ring, size, statistic):
-    order = np.argsort(ring, kind="stable")
+def _ring_order(values, ring, size):
+    """Indices that sort ``values`` by ring, then by value within each ring."""
+    by_value = np.argsort(values)
+    # rings fit 16 bits (a spectrum is at most a few thousand bins wide): numpy's radix sort
+    narrow = ring.astype(np.uint16) if size <= np.iinfo(np.uint16).max else ring
+    return by_value[np.argsort(narrow[by_value], kind="stable")]
+
+
+def _sorted_ring_median(ordered, ring, size):
+    """Per-ring medians of ``ordered``, values already sorted by ring, then by value (NaN for
+    an empty ring): the middle value, or the mean of the two middle values, as ``np.median``."""
     counts = np.bincount(ring, minlength=size)
-    chunks = np.split(values[order], np.cumsum(counts)[:-1])
-    return np.array([statistic(chunk) if chunk.size else np.nan for chunk in chunks])
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    filled = counts > 0
+    low = starts + np.maximum(counts - 1, 0) // 2
+    high = starts + counts // 2
+    median = np.full(size, np.nan)
+    median[filled] = (ordered[low[filled]] + ordered[high[filled]]) / 2
+    return median
+
+
+def _ring_median(values, ring, size):
+    """The median of ``values`` per ring (NaN for an empty ring), as ``np.median`` per ring."""
+    order = _ring_order(values, ring, size)
+    return _sorted_ring_median(values[order], ring[order], size)
 
 
 def _ring_fit(values, ring, size) -> tuple[np.ndarray, np.ndarray]:
@@ -371,7 +401,17 @@ def _background(spectrum: _Spectrum) -> None:
     ring = np.rint(radius).astype(int)
     size = int(ring.max()) + 1
     usable = ~axis & (radius > 0)
-    median = _ring_statistic(power[usable], ring[usable], size, np.median)
+    # the bins sorted once by ring and power: each pass's ring medians over the bins it keeps
+    # are then read off in linear time (the same values as np.median per ring)
+    candidates = np.flatnonzero(usable)
+    order = candidates[_ring_order(power.ravel()[candidates], ring.ravel()[candidates], size)]
+    sorted_power, sorted_ring = power.ravel()[order], ring.ravel()[order]
+
+    def ring_median(mask):
+        chosen = mask.ravel()[order]
+        return _sorted_ring_median(sorted_power[chosen], sorted_ring[chosen], size)
+
+    median = ring_median(usable)
     median = np.where(np.isfinite(median), median, 0.0) / _gamma_quantile(dof, 0.5)
     per_bin = median[ring[usable]]
     keep = usable
@@ -384,7 +424,7 @@ def _background(spectrum: _Spectrum) -> None:
         high = ndimage.binary_dilation(power > cut * background, np.ones((5, 5), bool))
         keep = usable & ~high
         # ring medians (the shoulders of weak reflections left unmasked do not raise them)
-        median = _ring_statistic(power[keep], ring[keep], size, np.median)
+        median = ring_median(keep)
         per_bin = np.nan_to_num(median)[ring[keep]] / _gamma_quantile(dof, 0.5)
     fitted, _ = _ring_fit(per_bin, ring[keep], size)
     background = np.exp(np.interp(radius, np.arange(size), fitted))

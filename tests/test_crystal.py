@@ -73,3 +73,19 @@ def test_cell_asymmetry_tells_dark_from_bright_columns(pixel_size, dose):
             (192, 192), pixel_size=pixel_size, dose=dose, contrast=contrast, rng=7
         )
         assert (cell_asymmetry(scene.noisy.astype(float), reciprocal) < 0.75) is dark
+
+
+def test_batched_peak_contrast_equals_one_tile_at_a_time():
+    # crystal_map scores a row of tiles in one FFT; each score is the single tile's (batched
+    # FFTs may round the last bit differently)
+    from stem_ae._crystal import _peak_contrasts
+
+    scene = simulate_mixed_scene((128, 384), pixel_size=0.2, dose=4, rng=5)
+    image = scene.noisy.astype(np.float64)
+    tiles = np.stack([image[:64, x : x + 64] for x in range(0, 320, 32)] + [np.zeros((64, 64))])
+    reciprocal = np.array([[1 / 19.5, 0.0], [0.0, 1 / 19.5]])
+    for known in (None, reciprocal):
+        batch = _peak_contrasts(tiles, 19.5, known)
+        single = [peak_contrast(tile, 19.5, known) for tile in tiles]
+        np.testing.assert_allclose(batch, single, rtol=1e-12)
+        assert batch[-1] == 0.0 and np.all(batch[:-1] > 0)  # a blank tile has no contrast

@@ -251,3 +251,16 @@ def test_measure_lattice_or_spacing_falls_back_only_with_a_calibration():
     assert not lattice.radial_only
     with pytest.raises(ValueError, match="pixel_size"):
         measure_lattice_or_spacing(image, pixel_size=-1.0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 4000])
+def test_ring_median_equals_numpy_median_per_ring(n):
+    # the background's ring medians are read off one sort; they must be np.median's exactly
+    # (odd and even counts, ties, empty rings), or the calibrated false-alarm rate would drift
+    from stem_ae.lattice import _ring_median
+
+    rng = np.random.default_rng(n)
+    values = np.round(rng.gamma(1.5, size=n), 1)  # rounding makes ties
+    ring = rng.integers(0, 30, n)
+    expected = [np.median(values[ring == k]) if np.any(ring == k) else np.nan for k in range(34)]
+    np.testing.assert_array_equal(_ring_median(values, ring, 34), expected)
