@@ -191,22 +191,31 @@ def noise_spectrum(
 def _reflection_mask(side: int, reciprocal: np.ndarray | None) -> np.ndarray:
     """Bins (side × side, FFT order) within ``_PEAK_RADIUS`` of zero or of a reflection."""
     k = np.fft.fftfreq(side) * side  # bin coordinates, signed
-    ky, kx = np.meshgrid(k, k, indexing="ij")
-    centres = [np.zeros(2)]
+    centres = np.zeros((1, 2))
     if reciprocal is not None:
         g = np.asarray(reciprocal, np.float64) * side  # reflections in bins
         extent = int(np.ceil(0.75 * side / max(np.linalg.norm(g, axis=1).min(), 1e-9))) + 1
         extent = min(extent, 64)
-        for h in range(-extent, extent + 1):
-            for l_ in range(-extent, extent + 1):
-                centre = h * g[0] + l_ * g[1]
-                if (h or l_) and np.all(np.abs(centre) <= side / 2 + _PEAK_RADIUS):
-                    centres.append(centre)
+        h, l_ = (a.ravel() for a in np.mgrid[-extent : extent + 1, -extent : extent + 1])
+        found = h[:, None] * g[0] + l_[:, None] * g[1]
+        keep = ((h != 0) | (l_ != 0)) & np.all(np.abs(found) <= side / 2 + _PEAK_RADIUS, axis=1)
+        centres = np.concatenate([centres, found[keep]])
+    # each centre marks the bins of a small box around it that lie within the radius
+    # (periodic distance in bins, as on the whole grid)
+    span = int(np.ceil(_PEAK_RADIUS)) + 1
+    offsets = np.arange(-span, span + 1)
+    base = np.floor(centres).astype(int)
+    rows = (base[:, :1] + offsets) % side  # (centres, box)
+    cols = (base[:, 1:] + offsets) % side
+    dy = (k[rows] - centres[:, :1] + side / 2) % side - side / 2
+    dx = (k[cols] - centres[:, 1:] + side / 2) % side - side / 2
+    inside = dy[:, :, None] * dy[:, :, None] + dx[:, None, :] * dx[:, None, :] <= _PEAK_RADIUS**2
+    shape = inside.shape
     mask = np.zeros((side, side), bool)
-    for cy, cx in centres:
-        dy = (ky - cy + side / 2) % side - side / 2  # periodic distance in bins
-        dx = (kx - cx + side / 2) % side - side / 2
-        mask |= dy * dy + dx * dx <= _PEAK_RADIUS**2
+    mask[
+        np.broadcast_to(rows[:, :, None], shape)[inside],
+        np.broadcast_to(cols[:, None, :], shape)[inside],
+    ] = True
     return mask
 
 

@@ -170,3 +170,26 @@ def test_smoothing_sigma_grows_with_the_noise():
     low = smoothing_sigma(blobs + rng.normal(0, 0.02, x.shape), np.full((64, 64), 0.02**2))
     high = smoothing_sigma(blobs + rng.normal(0, 0.5, x.shape), np.full((64, 64), 0.5**2))
     assert high > low
+
+
+@pytest.mark.parametrize("side", [16, 64, 128])
+def test_reflection_mask_marks_every_bin_within_the_radius_of_a_reflection(side):
+    # the mask is built box by box around each reflection; it must equal the plain definition:
+    # every bin whose periodic distance to zero or to some h g1 + k g2 is <= _PEAK_RADIUS
+    from stem_ae._residual import _PEAK_RADIUS, _reflection_mask
+
+    reciprocal = np.array([[1 / 7.3, 0.02], [-0.03, 1 / 5.1]])
+    k = np.fft.fftfreq(side) * side
+    ky, kx = np.meshgrid(k, k, indexing="ij")
+    expected = np.zeros((side, side), bool)
+    for h in range(-40, 41):
+        for l_ in range(-40, 41):
+            cy, cx = (h * reciprocal[0] + l_ * reciprocal[1]) * side
+            if abs(cy) > side / 2 + _PEAK_RADIUS or abs(cx) > side / 2 + _PEAK_RADIUS:
+                continue
+            dy = (ky - cy + side / 2) % side - side / 2
+            dx = (kx - cx + side / 2) % side - side / 2
+            expected |= dy * dy + dx * dx <= _PEAK_RADIUS**2
+    mask = _reflection_mask(side, reciprocal)
+    np.testing.assert_array_equal(mask, expected)
+    assert 0 < mask.mean() < (1 if side >= 64 else 1.01)  # 16 bins: all within reach
