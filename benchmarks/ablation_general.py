@@ -29,13 +29,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import _machine
 import keras
 import numpy as np
 
@@ -193,14 +193,7 @@ def run(
 
 def machine() -> str:
     """``"x86_64, <CPU model>, <n> cores"``: a budget in seconds means little without the CPU."""
-    model = "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return f"{platform.machine()}, {model}, {os.cpu_count()} cores"
+    return _machine.describe()
 
 
 def record_key(records: dict, name: str, where: str) -> str:

@@ -18,11 +18,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import _machine
 
 from stem_ae.io import _atomic_write
 
@@ -96,8 +97,7 @@ def main(argv=None) -> int:
         f"Command: `python benchmarks/denoise_speed.py --size {args.size}`. {args.size}² px "
         f"simulated SrTiO3, 0.2 Å/px, 16 counts/px; `denoise` defaults (shipped `general`, "
         f'step 2, `residual="auto"`; and `model="general_conv"`), second call. '
-        f"Machine: {platform.machine()}, "
-        f"{os.cpu_count()} cores, AMX {'present' if has_amx() else 'absent'}; "
+        f"Machine: {_machine.describe()}, AMX {'present' if has_amx() else 'absent'}; "
         f"load average {os.getloadavg()[0]:.1f} at the end; {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
         "| case | seconds | peak RSS (GiB) | BM3D / case |",
