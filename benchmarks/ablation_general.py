@@ -51,6 +51,14 @@ DOSES = (1, 4, 16, 64)
 
 SHIPPED_PREFIX = "shipped:"  # records of the shipped models (``--real`` only), not candidates
 
+
+def _conv(encoder: tuple, code: int, note: str = "", **options) -> tuple[str, AEConfig, int]:
+    """A convolutional candidate (relu, batch 64): ``(description, config, batch size)``."""
+    description = f"conv {encoder[0]}-{encoder[1]} / {code}, relu{note}"
+    config = AEConfig(encoder=encoder, code=code, architecture="conv", **options)
+    return description, config, 64
+
+
 #: name -> (description, config, batch size)
 CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
     "dense_relu_1024_128": (
@@ -63,38 +71,16 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
         AEConfig(encoder=(1024, 512, 256), code=256, activation="gelu"),
         512,
     ),
-    "conv_32_64": (
-        "conv 32-64 / 64, relu",
-        AEConfig(encoder=(32, 64), code=64, architecture="conv"),
-        64,
-    ),
-    "conv_16_32": (
-        "conv 16-32 / 64, relu",
-        AEConfig(encoder=(16, 32), code=64, architecture="conv"),
-        64,
-    ),
-    "conv_24_48": (
-        "conv 24-48 / 64, relu",
-        AEConfig(encoder=(24, 48), code=64, architecture="conv"),
-        64,
-    ),
-    "conv_24_48_aa": (
-        "conv 24-48 / 64, relu, anti-aliased strides (binomial blur, `antialias=True`)",
-        AEConfig(encoder=(24, 48), code=64, architecture="conv", antialias=True),
-        64,
+    "conv_32_64": _conv((32, 64), 64),
+    "conv_16_32": _conv((16, 32), 64),
+    "conv_24_48": _conv((24, 48), 64),
+    "conv_24_48_aa": _conv(
+        (24, 48), 64, ", anti-aliased strides (binomial blur, `antialias=True`)", antialias=True
     ),
     # A real bottleneck: 64 channels at 7 x 7 hold 3,136 numbers for a 784-pixel window (no
     # compression, a learned local filter); 16 or 8 channels force a code of 784 or 392.
-    "conv_24_48_c16": (
-        "conv 24-48 / 16, relu (code 7 × 7 × 16 = 784)",
-        AEConfig(encoder=(24, 48), code=16, architecture="conv"),
-        64,
-    ),
-    "conv_24_48_c8": (
-        "conv 24-48 / 8, relu (code 7 × 7 × 8 = 392)",
-        AEConfig(encoder=(24, 48), code=8, architecture="conv"),
-        64,
-    ),
+    "conv_24_48_c16": _conv((24, 48), 16, " (code 7 × 7 × 16 = 784)"),
+    "conv_24_48_c8": _conv((24, 48), 8, " (code 7 × 7 × 8 = 392)"),
 }
 
 
