@@ -107,7 +107,7 @@ build/04_figure3.ipynb: $(wildcard data/*.tif)
 build/05_benchmark.ipynb: $(wildcard benchmarks/results/quality.*)
 
 benchmarks: install
-	for b in benchmarks/*.py; do echo "== $$b"; $(PY) $$b; done
+	for b in benchmarks/[!_]*.py; do echo "== $$b"; $(PY) $$b; done
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache
