@@ -177,11 +177,6 @@ def run(
     return row
 
 
-def machine() -> str:
-    """``"x86_64, <CPU model>, <n> cores"``: a budget in seconds means little without the CPU."""
-    return _machine.describe()
-
-
 def record_key(records: dict, name: str, where: str) -> str:
     """``name``, or ``"name @ CPU"`` when ``name`` was measured on another machine: a rerun on a
     different CPU sits beside the earlier row instead of replacing it."""
@@ -289,6 +284,14 @@ def main(argv: list[str]) -> None:
     unknown = sorted(set(args.names) - set(CANDIDATES))
     if unknown:
         raise SystemExit(f"unknown candidates {unknown}; choose from {list(CANDIDATES)}")
+    if args.real:  # the real images first: a missing one stops the run before any training
+        import realdata
+
+        try:
+            for name in REAL_IMAGES:
+                realdata.locate(realdata.by_name()[name])
+        except realdata.DataUnavailable as error:
+            raise SystemExit(f"error: {error}") from None
     start = time.perf_counter()
     noisy, clean = draw_pool(args.pool, distribution=REALISTIC, seed=11, processes=2)
     pool = _standardized_pair(noisy, clean, "window")
@@ -297,7 +300,7 @@ def main(argv: list[str]) -> None:
     records = json.loads(JSON.read_text(encoding="utf-8")) if JSON.exists() else {}
     for name in args.names or list(CANDIDATES):
         row = run(name, pool, tests, args.budget, args.save, args.real)
-        row.update(pool=args.pool, machine=machine())
+        row.update(pool=args.pool, machine=_machine.describe())
         records[record_key(records, name, row["machine"])] = row
         print(name, json.dumps(row), flush=True)
         write(records)
@@ -305,7 +308,7 @@ def main(argv: list[str]) -> None:
         for shipped in ("general", "general_conv"):
             records[SHIPPED_PREFIX + shipped] = {
                 "description": f"shipped `{shipped}`",
-                "machine": machine(),
+                "machine": _machine.describe(),
                 "real": real_scores(shipped),
             }
         write(records)

@@ -89,7 +89,15 @@ def main(argv=None) -> int:
     parser.add_argument("--models", nargs="+", default=["general", "general_conv"])
     parser.add_argument("--isa", default="AVX512_CORE_BF16", help="ONEDNN_MAX_CPU_ISA, or default")
     args = parser.parse_args(argv)
-    old_commit = _git("rev-parse", "--short", args.revision)
+    try:
+        old_commit = _git("rev-parse", "--short", "--verify", f"{args.revision}^{{commit}}")
+    except subprocess.CalledProcessError:
+        print(
+            f"error: {args.revision!r} is not a commit of this repository; give a commit, tag or "
+            "HEAD~N (git log --oneline lists them)",
+            file=sys.stderr,
+        )
+        return 2
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     if args.isa != "default":
         env["ONEDNN_MAX_CPU_ISA"] = args.isa
