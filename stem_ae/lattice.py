@@ -169,16 +169,18 @@ def _dewhiten(spectrum: _Spectrum) -> _Spectrum:
     at high frequency, ~|k|^4 near 0) convolved with the taper's spectral window; dividing by it
     makes white noise flat again, while the leakage of coloured low-frequency power stays gone.
     """
-    gain, expected = _white_response(spectrum.n)
-    spectrum.amplitude = spectrum.power / gain
+    scale, expected = _white_response(spectrum.n)
+    spectrum.amplitude = spectrum.power / scale
     spectrum.power = spectrum.power / expected
     return spectrum
 
 
 @functools.lru_cache(maxsize=8)
 def _white_response(n: int) -> tuple[np.ndarray, np.ndarray]:
-    """``(gain, expected)`` of :func:`_dewhiten` for side ``n``, fftshifted and read-only: they
-    depend on the side alone, so a batch of same-sized images computes them once."""
+    """``(scale, expected)`` of :func:`_dewhiten` for side ``n`` (the prewhitening gain times the
+    taper's power, and the periodogram white noise is expected to give), fftshifted and
+    read-only: they depend on the side alone, so a batch of same-sized images computes them
+    once."""
     k = np.fft.fftfreq(n)
     gain_y = 4 * np.sin(np.pi * k) ** 2
     gain = (gain_y[:, None] + gain_y[None, :]) ** 2
