@@ -71,6 +71,18 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
         AEConfig(encoder=(1024, 512, 256), code=256, activation="gelu"),
         512,
     ),
+    # Narrower dense networks: the same global code at a fraction of the multiply-adds per
+    # window (2.99 M for 1024-512-256; 1.56 M for 640-320-160; 1.16 M for 512-256-128).
+    "dense_relu_640_128": (
+        "dense 640-320-160 / 128, relu",
+        AEConfig(encoder=(640, 320, 160), code=128),
+        512,
+    ),
+    "dense_relu_512_128": (
+        "dense 512-256-128 / 128, relu",
+        AEConfig(encoder=(512, 256, 128), code=128),
+        512,
+    ),
     "conv_32_64": _conv((32, 64), 64),
     "conv_16_32": _conv((16, 32), 64),
     "conv_24_48": _conv((24, 48), 64),
