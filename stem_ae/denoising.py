@@ -22,18 +22,19 @@ from stem_ae._common import WINDOW
 from stem_ae._crystal import DARK_ASYMMETRY, cell_asymmetry, crystal_map, tile_side
 from stem_ae._resample import ceil_div, resample
 from stem_ae._residual import (
+    CONSISTENCY_SURROUND,
     CONSISTENCY_THRESHOLD,
     CONSISTENCY_WIDTH,
     RESIDUAL_SIGMAS,
     apply_residual,
     choose_residual_sigma,
     consistency_correction,
-    equivalent_variance,
     network_excess,
     noise_spectrum,
     noise_variance,
     remove_unsupported,
     smoothing_sigma,
+    surround_variance,
 )
 from stem_ae._runner import Runner, model_window_and_normalization
 from stem_ae._tiling import run_dask, run_frames, run_tiled
@@ -84,12 +85,13 @@ closer to the truth than the data are.
   dense range (1 to 2) did not allow."""
 
 AUTO_THRESHOLD = 4.0
-"""``residual="auto"``: significance (noise std of the column-scale average, correlated noise
-included) above which :func:`stem_ae._residual.remove_unsupported` takes out what the network
-shows and the data do not (a column painted into a vacancy). At 4σ it left 0–2 % of the
-simulated vacancies filled at 1–4 counts/px (network alone 92 %) and cost 0.02 px of lattice-fit
-RMS on the real Tecnai image; a per-pixel two-sided test at 2–3σ cost 1–9 % on the real images
-and left 15–20 % filled."""
+"""``residual="auto"``: significance (noise std of the column-scale average minus its surround,
+correlated noise included) above which :func:`stem_ae._residual.remove_unsupported` takes out
+what the network shows and the data do not (a column painted into a vacancy). At 4σ it leaves
+none of the simulated vacancies filled at 1–4 counts/px (network alone 92 %). A plain
+column-scale average (no surround) left 0.6 % filled and cost 0.02 px of lattice-fit RMS on the
+real Tecnai image (it read the network's slightly raised background as painted columns); a
+per-pixel two-sided test at 2–3σ cost 1–9 % on the real images and left 15–20 % filled."""
 
 LARGE_IMAGE = 4096 * 4096
 """In-memory 2-D images with more pixels than this go through tiled (Dask) processing."""
@@ -146,7 +148,8 @@ class _Plan:
         if self.smooth_sigma > 0:  # the crystal map's tiles and the smoothing outside them
             halo_in += 2 * tile_side(self.cell) + 4 * self.smooth_sigma
         if self.noise_variance > 0:  # the consistency test's column-scale average
-            halo_in += 4 * CONSISTENCY_WIDTH * self.spacing
+            reach = CONSISTENCY_SURROUND if self.auto else 1.0  # and its surround
+            halo_in += 4 * CONSISTENCY_WIDTH * reach * self.spacing
             if self.auto:  # remove_unsupported widens a flagged spot and smooths it
                 halo_in += 1.2 * self.spacing
         halo_scaled = WINDOW + self.step + 40 + 4 * max(0.0, (ratio - 1) / 2)
@@ -201,8 +204,9 @@ def denoise(
          0.1–0.5, convolutional 0.0–0.2) nothing is added: any data put back costs column
          precision there; at a high dose the data win;
        * a one-sided local consistency test: where the network is brighter than the data by
-         more than 4 noise standard deviations of a column-sized average (correlated noise
-         included), the data are put back — a column painted where the data show none;
+         more than 4 noise standard deviations of a column-sized average minus its surround
+         (twice as wide; correlated noise included), the data are put back — a column painted
+         where the data show none; a smooth offset between network and data is not a column;
        * outside the crystal the output goes smoothly over to the data filtered by a Gaussian
          whose bandwidth SURE chooses there: nothing the network drew on amorphous material or
          vacuum is kept.
@@ -680,7 +684,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         )
         weight = _excess_weight(excess, runner.architecture)
         sigma = choose_residual_sigma(normalized, estimate, sigmas, spectrum) if weight else 0.0
-        variance = equivalent_variance(spectrum, width) if plan.spacing > 0 else 0.0
+        variance = surround_variance(spectrum, width) if plan.spacing > 0 else 0.0
         if not crystal.all():
             smooth = smoothing_sigma(normalized, spectrum, where=~crystal)
     else:

@@ -193,3 +193,65 @@ def test_reflection_mask_marks_every_bin_within_the_radius_of_a_reflection(side)
     mask = _reflection_mask(side, reciprocal)
     np.testing.assert_array_equal(mask, expected)
     assert 0 < mask.mean() < (1 if side >= 64 else 1.01)  # 16 bins: all within reach
+
+
+def test_surround_energy_is_the_sum_of_squares_of_the_band_pass_kernel():
+    from stem_ae._residual import _surround_energy
+
+    impulse = np.zeros((129, 129))
+    impulse[64, 64] = 1.0
+    for width in (1.3, 2.0, 5.12):
+        kernel = ndi.gaussian_filter(impulse, width, truncate=4.0)
+        kernel -= ndi.gaussian_filter(impulse, 2.0 * width, truncate=4.0)
+        assert _surround_energy(width, 2.0) == pytest.approx(np.sum(kernel**2), rel=1e-9)
+
+
+def test_surround_variance_predicts_the_band_passed_variance_of_correlated_noise():
+    from stem_ae._residual import (
+        _kernel_energy,
+        _surround_energy,
+        noise_spectrum,
+        surround_variance,
+    )
+
+    rng = np.random.default_rng(5)
+    # afterglow along the rows plus scan-line offsets: the slow part a plain average keeps
+    noise = _afterglow(rng.normal(0, 1, (512, 512)), 2.0)
+    noise += rng.normal(0, 0.5, (512, 1))
+    spectrum = noise_spectrum(noise)
+    for width in (2.0, 4.0):
+        band = ndi.gaussian_filter(noise, width) - ndi.gaussian_filter(noise, 2 * width)
+        predicted = surround_variance(spectrum, width) * _surround_energy(width, 2.0)
+        assert abs(predicted / band.var() - 1) < 0.1
+        # the band-pass leaves out more of this noise than of white noise
+        white = _kernel_energy(width) / _surround_energy(width, 2.0)
+        assert ndi.gaussian_filter(noise, width).var() / band.var() > 1.2 * white
+
+
+def test_remove_unsupported_takes_out_a_painted_column_but_not_a_smooth_offset():
+    from stem_ae._residual import _surround_energy, remove_unsupported
+
+    rng = np.random.default_rng(6)
+    y, x = np.mgrid[:128, :128].astype(float)
+    spacing, width, sd = 16.0, 3.2, 0.3
+
+    def column(cy, cx):
+        return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 2.0**2))
+
+    truth = sum(column(cy, cx) for cy in range(8, 128, 16) for cx in range(8, 128, 16))
+    truth -= column(56, 56)  # a vacancy
+    noisy = truth + rng.normal(0, sd, truth.shape)
+    # the estimate: the truth on a raised, slowly varying background, and a column painted in
+    # the vacancy
+    offset = 0.15 + 0.1 * np.sin(2 * np.pi * x / 128)
+    estimate = truth + offset + column(56, 56)
+    plain = ndi.gaussian_filter(noisy - estimate, width)
+    energy = np.sum(ndi.gaussian_filter(np.pad([[1.0]], 20), width) ** 2)
+    assert (-plain > 4 * sd * np.sqrt(energy)).mean() > 0.3  # a plain average flags the offset
+    fixed = remove_unsupported(noisy, estimate, width, sd**2, 4.0, spacing)
+    assert fixed[56, 56] - offset[56, 56] < 0.3 * estimate[56, 56]  # the painted column is gone
+    far = (np.hypot(y - 56, x - 56) > 1.5 * spacing) & (y > 8) & (y < 120) & (x > 8) & (x < 120)
+    assert np.array_equal(fixed[far], estimate[far])  # the offset alone is not a column
+    assert _surround_energy(width, 2.0) < energy  # the band-pass has less noise to compare with
+    with pytest.raises(ValueError, match="surround"):
+        remove_unsupported(noisy, estimate, width, sd**2, 4.0, spacing, surround=1.0)
