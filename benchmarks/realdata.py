@@ -152,7 +152,9 @@ IMAGES: tuple[RealImage, ...] = (
         pixel_size=0.075,
         description="Velox HAADF; particles with fringes on an amorphous support; the crop "
         "holds the small particle with a 2-D lattice (≈28.6 px), its corners the support "
-        "(sites there are lost for every method); denoise is also timed on the whole 2048² "
+        "(sites there are lost for every method); a band of columns across its upper left "
+        "lies off the fitted lattice (a planar defect, which the raw image shows too), and "
+        "'invented' counts them for every method; denoise is also timed on the whole 2048² "
         "image",
         wheel=TEMUL,
         crop=(768, 1296, 384, 384),
