@@ -517,11 +517,13 @@ def _refine_peak(crops: list[np.ndarray], g: np.ndarray, half_width: float, poin
     side = crops[0].shape[0]
     offsets = np.linspace(-half_width, half_width, points)
     positions = np.arange(side)
+    ey = np.exp(-2j * np.pi * np.outer(g[0] + offsets, positions))
+    ex = np.exp(-2j * np.pi * np.outer(g[1] + offsets, positions))
+    stacked = np.concatenate([ey.real, ey.imag])  # the crops are real: real products, no copy
     power = 0.0
     for crop in crops:
-        ey = np.exp(-2j * np.pi * np.outer(g[0] + offsets, positions))
-        ex = np.exp(-2j * np.pi * np.outer(g[1] + offsets, positions))
-        zoom = ey @ crop @ ex.T
+        rows = stacked @ crop
+        zoom = (rows[:points] + 1j * rows[points:]) @ ex.T
         power = power + zoom.real**2 + zoom.imag**2
     iy, ix = np.unravel_index(np.argmax(power), power.shape)
     iy, ix = min(max(iy, 1), points - 2), min(max(ix, 1), points - 2)

@@ -264,3 +264,23 @@ def test_ring_median_equals_numpy_median_per_ring(n):
     ring = rng.integers(0, 30, n)
     expected = [np.median(values[ring == k]) if np.any(ring == k) else np.nan for k in range(34)]
     np.testing.assert_array_equal(_ring_median(values, ring, 34), expected)
+
+
+def test_refine_peak_finds_the_dft_maximum_between_the_bins():
+    from stem_ae.lattice import _refine_peak
+
+    rng = np.random.default_rng(8)
+    side = 128
+    y, x = np.mgrid[:side, :side]
+    true = np.array([0.1237, -0.0412])  # between the bins of the 128-point DFT
+    crops = [np.cos(2 * np.pi * (true[0] * y + true[1] * x)) + rng.normal(0, 0.5, (side, side))]
+    crops.append(crops[0][::-1].copy())  # a second crop: its power adds
+    start = np.round(true * side) / side
+    refined, power = _refine_peak(crops, start, 1.0 / side)
+    assert np.abs(refined - true).max() < 0.02 / side
+    # the power is that of the plain complex DFT at the chosen grid point
+    offsets = np.linspace(-1.0 / side, 1.0 / side, 21)
+    ey = np.exp(-2j * np.pi * np.outer(start[0] + offsets, np.arange(side)))
+    ex = np.exp(-2j * np.pi * np.outer(start[1] + offsets, np.arange(side)))
+    grid = sum(np.abs(ey @ crop.astype(complex) @ ex.T) ** 2 for crop in crops)
+    assert power == pytest.approx(grid.max(), rel=1e-9)
