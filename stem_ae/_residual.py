@@ -50,22 +50,6 @@ as a multiple of that average's width: the test sees a column-sized bump, not a 
 _TRUNCATE = 4.0
 
 
-@cache
-def _centre_tap(sigma: float) -> float:
-    """Centre value of the 2-D Gaussian kernel that ``ndimage.gaussian_filter`` applies."""
-    if sigma == 0:
-        return 0.0
-    radius = int(_TRUNCATE * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=float)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    return float((1.0 / kernel.sum()) ** 2)
-
-
-_DIFFERENCE = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
-"""Fourth-order finite difference; its outer product with itself annihilates any signal that is
-a cubic polynomial along rows or along columns."""
-
-
 def _taps(sigma: float, radius: int | None = None) -> np.ndarray:
     """The 1-D Gaussian taps that ``ndimage.gaussian_filter`` applies, zero-padded to ``radius``."""
     own = int(_TRUNCATE * sigma + 0.5)
@@ -74,6 +58,20 @@ def _taps(sigma: float, radius: int | None = None) -> np.ndarray:
     kernel /= kernel.sum()
     pad = 0 if radius is None else radius - own
     return np.pad(kernel, pad)
+
+
+@cache
+def _centre_tap(sigma: float) -> float:
+    """Centre value of the 2-D Gaussian kernel that ``ndimage.gaussian_filter`` applies."""
+    if sigma == 0:
+        return 0.0
+    taps = _taps(sigma)
+    return float(taps[len(taps) // 2] ** 2)
+
+
+_DIFFERENCE = np.array([1.0, -4.0, 6.0, -4.0, 1.0])
+"""Fourth-order finite difference; its outer product with itself annihilates any signal that is
+a cubic polynomial along rows or along columns."""
 
 
 @cache
@@ -263,10 +261,8 @@ def _transfer(sigma: float, side: int) -> np.ndarray:
     """Transfer function (side × side, FFT order) of ``ndimage.gaussian_filter``'s kernel."""
     if sigma == 0:
         return np.zeros((side, side))
-    radius = int(_TRUNCATE * sigma + 0.5)
-    x = np.arange(-radius, radius + 1, dtype=float)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
+    kernel = _taps(sigma)
+    x = np.arange(len(kernel)) - len(kernel) // 2
     k = np.fft.fftfreq(side)
     one = kernel @ np.cos(2 * np.pi * np.outer(x, k))
     return np.outer(one, one)
