@@ -139,7 +139,12 @@ def build_parser() -> argparse.ArgumentParser:
         "'general', and 'general_conv' for dark-column images)",
     )
     denoise.add_argument(
-        "--step", type=int, default=2, metavar="N", help="window step, px, 1..28 (default 2)"
+        "--step",
+        type=int,
+        default=None,
+        metavar="N",
+        help="window step, px, 1..28 (default: the model's, 3 for 'general' and 'paper', "
+        "2 for 'general_conv')",
     )
     denoise.add_argument(
         "--pixel-size",
@@ -256,14 +261,16 @@ def build_parser() -> argparse.ArgumentParser:
 # checks that need no TensorFlow
 
 
-def _check_step(step: int) -> int:
+def _check_step(step: int | None) -> int | None:
     from stem_ae.windows import check_step
 
+    if step is None:  # the model's default, chosen once the model is known
+        return None
     try:
         return check_step(step)
     except (TypeError, ValueError):
         raise UsageError(
-            f"--step {step} is outside 1..{WINDOW} px — use 2 (the default), "
+            f"--step {step} is outside 1..{WINDOW} px — leave it out (the model's default), "
             f"or up to {WINDOW} for speed."
         ) from None
 
@@ -671,7 +678,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
     from tqdm.auto import tqdm
 
-    from stem_ae.denoising import denoise
+    from stem_ae.denoising import default_step, denoise
 
     try:
         with _filtered_native_stderr():
@@ -746,10 +753,11 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         with _filtered_native_stderr():
                             models[used_name] = load_model(used_name)
                 model = models[used_name]
+                used_step = default_step(model) if step is None else step
                 result = denoise(
                     image,
                     pixel_size=used,
-                    step=step,
+                    step=used_step,
                     model=model,
                     return_uncertainty=args.uncertainty,
                     return_mask=args.mask,
@@ -762,7 +770,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                 result = result if isinstance(result, tuple) else (result,)
                 denoised = result[0]
                 spread = result[1] if args.uncertainty else None
-                record = _record(meta.path, model, step, lattice, pixel_yx, args, contrast)
+                record = _record(meta.path, model, used_step, lattice, pixel_yx, args, contrast)
                 _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args)
                 if args.mask:
                     from stem_ae.io import write_image
@@ -783,7 +791,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                 f"{meta.path} -> {plan['denoised']}: {_format_shape(meta.shape)} {meta.dtype}, "
                 f"pixel size {_pixel_yx_text(pixel_yx, source_text)}, lattice "
                 f"{_spacings_text(lattice, used)}, {contrast} columns, model {used_name}, step "
-                f"{step}, resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
+                f"{used_step}, resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
                 + (f" (+ {extra})" if extra else "")
             )
             for warning in caught:

@@ -127,7 +127,7 @@ def check_step(step, window: int = WINDOW) -> int:
     if not 1 <= step <= window:
         raise ValueError(
             f"step={step} px is outside 1..{window}: windows would not cover the image "
-            f"(step > {window}) or would not move (step < 1). Use step=2 (default) or another "
+            f"(step > {window}) or would not move (step < 1). Leave the default or use another "
             f"integer in 1..{window}."
         )
     return int(step)

@@ -445,6 +445,17 @@ def test_dm3_to_hspy_keeps_axes_dm_tags_and_record(tmp_path, tiny_model):
     assert signal.metadata.Processing.stem_ae.input.name == "REBCO-ROI_raw.dm3"
 
 
+def test_denoise_without_step_uses_and_records_the_models_default(tmp_path, tiny_model):
+    out = tmp_path / "out.tif"
+    result = run("denoise", DM3, "-o", out, "--model", tiny_model)
+    assert result.returncode == 0, result.stderr
+    assert "step 3" in result.stdout  # a dense model's default (DEFAULT_STEPS)
+    from stem_ae.io import read_image
+
+    _, meta = read_image(out)
+    assert meta.processing["parameters"]["step"] == 3
+
+
 def test_png_output_warns_that_the_data_are_lost(tmp_path, tiny_model):
     out = tmp_path / "out.png"
     result = run("denoise", DM3, "-o", out, "--model", tiny_model, "--step", 7)

@@ -224,6 +224,31 @@ def test_default_model_denoises_dark_columns_with_the_convolutional_one():
     assert forced.tobytes() == denoise(dark, model="general", contrast="bright").tobytes()
 
 
+def test_step_none_is_the_models_default_step(dense_model):
+    from stem_ae.denoising import default_step
+
+    keras.utils.set_random_seed(3)
+    conv = build_autoencoder(AEConfig(window=16, encoder=(4, 8), code=8, architecture="conv"))
+    assert (default_step(dense_model), default_step(conv)) == (3, 2)
+    rng = np.random.default_rng(8)
+    image = lattice_image((96, 90), 8.0, 10.0, "square", rng)
+    default = denoise(image, model=dense_model)
+    assert default.tobytes() == denoise(image, model=dense_model, step=3).tobytes()
+    assert default.tobytes() != denoise(image, model=dense_model, step=2).tobytes()
+    assert denoise(image, model=conv).tobytes() == denoise(image, model=conv, step=2).tobytes()
+
+
+@pytest.mark.slow
+def test_dark_default_model_takes_its_own_default_step_unless_one_is_given():
+    from stem_ae.simulate import simulate_scene
+
+    dark = simulate_scene((128, 128), pixel_size=0.15, dose=64.0, contrast="dark", rng=4).noisy
+    conv_2 = denoise(dark, model="general_conv", step=2).tobytes()
+    assert denoise(dark).tobytes() == conv_2  # general_conv at its step 2, not general's 3
+    given = denoise(dark, step=3).tobytes()
+    assert given == denoise(dark, model="general_conv", step=3).tobytes() and given != conv_2
+
+
 @pytest.mark.slow
 def test_conv_default_adds_the_data_back_at_high_dose():
     from stem_ae.analysis import psnr

@@ -14,7 +14,7 @@ def denoise_layer_data(
     name: str = "image",
     scale: Sequence[float] | None = None,
     translate: Sequence[float] | None = None,
-    step: int = 2,
+    step: int | None = None,
     model: Any = None,
     contrast: str | None = None,
     uncertainty: bool = False,
@@ -32,8 +32,9 @@ def denoise_layer_data(
     scale, translate : sequence of float, optional
         The layer's scale and translate (world units per px, e.g. nm), given to the new layers
         so that they overlay the input exactly.
-    step : int
-        Window step, px.
+    step : int, optional
+        Window step, px; None: the model's (:func:`stem_ae.denoising.default_step`), which the
+        record names.
     model : None, str, path or keras.Model
         None: as :func:`stem_ae.denoise`, ``"general"``, or ``"general_conv"`` for dark columns
         (chosen here, so that the record names it); ``"general"``, ``"general_conv"``,
@@ -62,6 +63,7 @@ def denoise_layer_data(
     import inspect
 
     from stem_ae import denoise, estimate_lattice
+    from stem_ae.denoising import default_step
     from stem_ae.io import processing_record
 
     array = np.asarray(data)
@@ -72,6 +74,8 @@ def denoise_layer_data(
         )
     if model is None:  # denoise's default: general, or DARK_MODEL for dark columns
         model = _default_model(array, contrast)
+    if step is None:  # the model's own default, named in the record
+        step = default_step(model)
     options: dict = {}
     if contrast is not None and "contrast" in inspect.signature(denoise).parameters:
         options["contrast"] = contrast

@@ -48,7 +48,7 @@ class DenoiseWidget(Container):
         super().__init__()
         self.viewer = napari_viewer
         self.layer = ComboBox(label="image", choices=self._image_layers)
-        self.step = SpinBox(label="step (px)", value=2, min=1, max=28)
+        self.step = SpinBox(label="step (px; 0: the model's)", value=0, min=0, max=28)
         self.model = ComboBox(
             label="model", choices=[AUTO_MODEL, *_model_choices()], value=AUTO_MODEL
         )
@@ -92,7 +92,7 @@ class DenoiseWidget(Container):
             "name": layer.name,
             "scale": tuple(layer.scale)[-ndim:],
             "translate": tuple(layer.translate)[-ndim:],
-            "step": int(self.step.value),
+            "step": int(self.step.value) or None,  # 0: the model's default
             "model": None if self.model.value == AUTO_MODEL else self.model.value,
             "contrast": self.contrast.value,
             "uncertainty": bool(self.uncertainty.value),
