@@ -251,3 +251,256 @@ def cell_asymmetry(image: np.ndarray, reciprocal: np.ndarray, bins: int = 16) ->
     cell = ndimage.uniform_filter(cell, 3, mode="wrap")
     median = float(np.median(cell))
     return float((cell.max() - median) / max(median - cell.min(), 1e-12 * (abs(median) + 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# the unit cell: its average, its columns, and the motif columns an estimate erased
+
+ERASED_FRACTION = 0.5
+"""A motif column counts as erased by an estimate when its height in the estimate's cell average,
+relative to the strongest column's, is below this fraction of its relative height in the data's
+(:func:`erased_columns`)."""
+
+ERASED_SIGNIFICANCE = 5.0
+"""Least height of a motif column above the data's cell-average median, in standard deviations
+of that average's noise (from two halves of the cells), for :func:`erased_columns` to act."""
+
+SITE_WIDTH = 0.15
+"""Gaussian radius of the data put back at an erased column's sites (:func:`restore_sites`), as
+a fraction of the nearest-neighbour column distance."""
+
+SITE_LOWPASS = 0.08
+"""Gaussian low-pass of the data put back at an erased column's sites, as a fraction of the
+nearest-neighbour column distance (the pixel noise averaged, a column's shape kept)."""
+
+
+def cell_bins(reciprocal: np.ndarray) -> np.ndarray:
+    """Bins per cell axis of :func:`cell_average`: about 0.5 px each, 8 to 64."""
+    spacings = 1.0 / np.hypot(reciprocal[:, 0], reciprocal[:, 1])
+    return np.clip(np.round(2.0 * spacings), 8, 64).astype(int)
+
+
+def _cell_index(shape, reciprocal, bins, origin=(0, 0)) -> tuple[np.ndarray, np.ndarray]:
+    """Each pixel's cell bin (flat index) and integer cell, pixel (0, 0) at global ``origin``."""
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    if origin != (0, 0):
+        yy, xx = yy + origin[0], xx + origin[1]
+    frac = np.stack([yy.ravel(), xx.ravel()], axis=1) @ reciprocal.T
+    scaled = np.rint(frac * bins).astype(int)
+    index = np.mod(scaled, bins)  # bin k is centred on k / bins
+    return index[:, 0] * bins[1] + index[:, 1], np.floor_divide(scaled, bins)
+
+
+def _binned_average(flat, values, bins, select=None) -> np.ndarray:
+    """Average of ``values`` per cell bin (over the pixels in ``select``), smoothed by one bin
+    (periodic); NaN where no pixel falls near a bin."""
+    if select is not None:
+        flat, values = flat[select], values[select]
+    size = int(bins[0] * bins[1])
+    total = np.bincount(flat, weights=values, minlength=size)
+    count = np.bincount(flat, minlength=size).astype(np.float64)
+    total = ndimage.gaussian_filter(total.reshape(bins), 1.0, mode="wrap")
+    count = ndimage.gaussian_filter(count.reshape(bins), 1.0, mode="wrap")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+
+
+def cell_average(
+    image: np.ndarray, reciprocal: np.ndarray, *, origin=(0, 0), where=None
+) -> np.ndarray:
+    """The image averaged over all its unit cells, as a function of the fractional coordinates.
+
+    Every pixel gets its fractional coordinates ``f = G r`` (``G`` the reciprocal basis, rows
+    ``g1, g2`` in 1/px; ``r`` the global pixel position, pixel (0, 0) at ``origin``) and is
+    put into one of :func:`cell_bins` bins per axis; the per-bin average is smoothed by one bin
+    (periodically). Hundreds of cells average the noise out. ``where``: only these pixels.
+
+    Raises
+    ------
+    ValueError
+        If the image does not fill its unit cell.
+    """
+    image = np.asarray(image, np.float64)
+    reciprocal = np.asarray(reciprocal, np.float64)
+    bins = cell_bins(reciprocal)
+    flat, _ = _cell_index(image.shape, reciprocal, bins, tuple(origin))
+    select = None if where is None else np.asarray(where, bool).ravel()
+    mean = _binned_average(flat, image.ravel(), bins, select)
+    if not np.all(np.isfinite(mean)):
+        raise ValueError("image is too small to fill its unit cell; pass a larger image")
+    return mean
+
+
+def fractional_distance(delta: np.ndarray, direct: np.ndarray) -> np.ndarray:
+    """Real-space length (px) of fractional differences ``delta`` (..., 2), nearest image;
+    ``direct`` the inverse of the reciprocal basis."""
+    delta = delta - np.round(delta)
+    best = np.full(delta.shape[:-1], np.inf)
+    for sy in (-1, 0, 1):
+        for sx in (-1, 0, 1):
+            real = (delta + np.array([sy, sx])) @ direct.T
+            best = np.minimum(best, np.hypot(real[..., 0], real[..., 1]))
+    return best
+
+
+def cell_maxima(mean: np.ndarray, reciprocal: np.ndarray, min_height: float) -> np.ndarray:
+    """Columns of a cell average (:func:`cell_average`): fractional positions (K, 2), brightest
+    first, of its local maxima at least ``min_height`` of the way from its minimum to its
+    maximum and at least 0.25 × the smaller plane spacing apart (sub-bin: the centroid of the
+    3×3 neighbourhood above its minimum).
+
+    Raises
+    ------
+    ValueError
+        If the cell average is flat.
+    """
+    bins = np.asarray(mean.shape)
+    spacings = 1.0 / np.hypot(reciprocal[:, 0], reciprocal[:, 1])
+    low, high = mean.min(), mean.max()
+    if not high > low:
+        raise ValueError("the cell average is flat: no columns to find")
+    peak = (mean == ndimage.maximum_filter(mean, size=3, mode="wrap")) & (
+        mean >= low + min_height * (high - low)
+    )
+    iy, ix = np.nonzero(peak)
+    order = np.argsort(-mean[iy, ix])
+    iy, ix = iy[order], ix[order]
+    motif = []
+    for y, x in zip(iy, ix, strict=True):
+        oy, ox = np.mgrid[-1:2, -1:2]
+        patch = mean[(y + oy) % bins[0], (x + ox) % bins[1]]
+        weight = patch - patch.min()
+        if weight.sum() > 0:
+            dy, dx = (weight * oy).sum() / weight.sum(), (weight * ox).sum() / weight.sum()
+        else:
+            dy = dx = 0.0
+        motif.append(((y + dy) / bins[0], (x + dx) / bins[1]))
+    motif = np.mod(np.asarray(motif), 1.0)
+    direct = np.linalg.inv(reciprocal)
+    keep: list[int] = []
+    for k in range(len(motif)):
+        if all(
+            fractional_distance(motif[k] - motif[j], direct) >= 0.25 * spacings.min() for j in keep
+        ):
+            keep.append(k)
+    motif = motif[keep]
+    # a maximum on a bin edge may be reported at 1.0 - ε; map values within 1e-9 of 1 to 0
+    motif[motif > 1 - 1e-9] = 0.0
+    return motif
+
+
+def nearest_neighbour(motif: np.ndarray, reciprocal: np.ndarray) -> float:
+    """Shortest distance (px) between two columns of a lattice with this motif (fractions):
+    between motif columns, or from a column to its own image one lattice vector away."""
+    direct = np.linalg.inv(np.asarray(reciprocal, np.float64))  # columns: lattice vectors
+    shifts = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3) if (i, j) != (0, 0)])
+    best = float(np.min(np.linalg.norm(shifts @ direct.T, axis=1)))
+    for i in range(len(motif)):
+        for j in range(i + 1, len(motif)):
+            best = min(best, float(fractional_distance(motif[i] - motif[j], direct)))
+    return best
+
+
+def erased_columns(
+    noisy: np.ndarray,
+    estimate: np.ndarray,
+    reciprocal: np.ndarray,
+    *,
+    origin=(0, 0),
+    where=None,
+    min_height: float = 0.2,
+    fraction: float = ERASED_FRACTION,
+    significance: float = ERASED_SIGNIFICANCE,
+) -> tuple[np.ndarray, float]:
+    """The motif columns that the data show and an estimate has lost: ``(fractions, nn)``.
+
+    Both images are folded into the unit cell (:func:`cell_average`, pixels in ``where``
+    only). The data's cell average gives the motif (:func:`cell_maxima`, ``min_height``); a
+    column other than the strongest counts as erased when it stands out of the data's average
+    by at least ``significance`` times that average's noise (half the standard deviation of the
+    difference between the averages of the two checkerboard halves of the cells: correlated
+    noise included) and its height over the median, relative to the strongest column's, is in
+    the estimate below ``fraction`` of the data's. A network that has learnt a lattice without
+    a weak sublattice (the S2 columns of a noisy MoS2 image) erases that sublattice
+    everywhere; the fold finds it, whatever the noise, because every cell contributes.
+
+    Returns
+    -------
+    fractions : ndarray, shape (K, 2)
+        Fractional positions of the erased columns (K = 0: none).
+    nn : float
+        Nearest-neighbour column distance of the data's motif, px (0 when nothing is erased).
+    """
+    none = (np.empty((0, 2)), 0.0)
+    reciprocal = np.asarray(reciprocal, np.float64)
+    bins = cell_bins(reciprocal)
+    noisy = np.asarray(noisy, np.float64)
+    flat, cells = _cell_index(noisy.shape, reciprocal, bins, tuple(origin))
+    select = np.ones(flat.shape, bool) if where is None else np.asarray(where, bool).ravel()
+    data = _binned_average(flat, noisy.ravel(), bins, select)
+    model = _binned_average(flat, np.asarray(estimate, np.float64).ravel(), bins, select)
+    if not (np.all(np.isfinite(data)) and np.all(np.isfinite(model))):
+        return none
+    try:
+        motif = cell_maxima(data, reciprocal, min_height)
+    except ValueError:
+        return none
+    if len(motif) < 2:
+        return none
+    even = (cells[:, 0] + cells[:, 1]) % 2 == 0
+    half = [_binned_average(flat, noisy.ravel(), bins, select & side) for side in (even, ~even)]
+    if not all(np.all(np.isfinite(h)) for h in half):
+        return none
+    noise = 0.5 * float(np.std(half[0] - half[1]))
+    at = tuple(np.mod(np.rint(motif * bins).astype(int), bins).T)
+    rise_data = data[at] - np.median(data)
+    rise_model = model[at] - np.median(model)
+    if rise_data[0] <= 0 or rise_model[0] <= 0:
+        return none
+    relative_data = rise_data / rise_data[0]
+    relative_model = rise_model / rise_model[0]
+    erased = (
+        (np.arange(len(motif)) > 0)
+        & (rise_data >= significance * noise)
+        & (relative_model < fraction * relative_data)
+    )
+    if not erased.any():
+        return none
+    return motif[erased], nearest_neighbour(motif, reciprocal)
+
+
+def restore_sites(
+    noisy: np.ndarray,
+    estimate: np.ndarray,
+    reciprocal: np.ndarray,
+    fractions: np.ndarray,
+    nn: float,
+    *,
+    origin=(0, 0),
+) -> np.ndarray:
+    """Put the data back at the sites of erased motif columns (:func:`erased_columns`).
+
+    Around every site of each erased column (a Gaussian of :data:`SITE_WIDTH` × ``nn``) the
+    residual ``noisy − estimate``, low-passed by a Gaussian of :data:`SITE_LOWPASS` × ``nn``,
+    is added to the estimate: where the data show a column it comes back with its own
+    intensity and position, where they show none (a vacancy) only low-passed noise does.
+    Pixel (0, 0) is global pixel ``origin``. Returns a new float32 array.
+    """
+    reciprocal = np.asarray(reciprocal, np.float64)
+    direct = np.linalg.inv(reciprocal)
+    shape = np.shape(estimate)
+    yy, xx = np.mgrid[: shape[0], : shape[1]]
+    position = np.stack([yy + origin[0], xx + origin[1]]).astype(np.float64)
+    frac = np.tensordot(reciprocal, position, axes=1)  # (2, H, W)
+    mask = np.zeros(shape, np.float64)
+    scale = -0.5 / (SITE_WIDTH * nn) ** 2
+    for site in np.asarray(fractions, np.float64):
+        delta = frac - site[:, None, None]
+        delta -= np.rint(delta)  # to the nearest site (within half a cell: where the mask is)
+        offset = np.tensordot(direct, delta, axes=1)
+        np.maximum(mask, np.exp(scale * (offset[0] ** 2 + offset[1] ** 2)), out=mask)
+    residual = np.asarray(noisy, np.float32) - np.asarray(estimate, np.float32)
+    residual = ndimage.gaussian_filter(residual, SITE_LOWPASS * nn, mode="reflect", truncate=4.0)
+    return (np.asarray(estimate, np.float32) + mask.astype(np.float32) * residual).astype(
+        np.float32, copy=False
+    )

@@ -22,6 +22,8 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
+from stem_ae._crystal import cell_average, cell_maxima
+
 __all__ = [
     "ColumnMatch",
     "ElongationProfile",
@@ -1422,17 +1424,6 @@ def _check_reciprocal(reciprocal: np.ndarray) -> np.ndarray:
     return reciprocal
 
 
-def _fractional_distance(delta: np.ndarray, direct: np.ndarray) -> np.ndarray:
-    """Real-space length (px) of fractional differences ``delta`` (..., 2), nearest image."""
-    delta = delta - np.round(delta)
-    best = np.full(delta.shape[:-1], np.inf)
-    for sy in (-1, 0, 1):
-        for sx in (-1, 0, 1):
-            real = (delta + np.array([sy, sx])) @ direct.T
-            best = np.minimum(best, np.hypot(real[..., 0], real[..., 1]))
-    return best
-
-
 def lattice_motif(
     image: np.ndarray,
     reciprocal: np.ndarray,
@@ -1480,51 +1471,7 @@ def lattice_motif(
     reciprocal = _check_reciprocal(reciprocal)
     if not 0 < min_height < 1:
         raise ValueError(f"min_height must lie in (0, 1); got {min_height}")
-    spacings = 1.0 / np.hypot(reciprocal[:, 0], reciprocal[:, 1])
-    bins = np.clip(np.round(2.0 * spacings), 8, 64).astype(int)
-    yy, xx = np.mgrid[: image.shape[0], : image.shape[1]]
-    frac = np.stack([yy.ravel(), xx.ravel()], axis=1) @ reciprocal.T
-    index = np.mod(np.rint(frac * bins).astype(int), bins)  # bin k is centred on k / bins
-    flat = index[:, 0] * bins[1] + index[:, 1]
-    total = np.bincount(flat, weights=image.ravel(), minlength=bins[0] * bins[1])
-    count = np.bincount(flat, minlength=bins[0] * bins[1]).astype(np.float64)
-    total = ndimage.gaussian_filter(total.reshape(bins), 1.0, mode="wrap")
-    count = ndimage.gaussian_filter(count.reshape(bins), 1.0, mode="wrap")
-    if np.any(count <= 0):
-        raise ValueError("image is too small to fill its unit cell; pass a larger image")
-    mean = total / count
-    low, high = mean.min(), mean.max()
-    if not high > low:
-        raise ValueError("the cell average is flat: no columns to find")
-    peak = (mean == ndimage.maximum_filter(mean, size=3, mode="wrap")) & (
-        mean >= low + min_height * (high - low)
-    )
-    iy, ix = np.nonzero(peak)
-    order = np.argsort(-mean[iy, ix])
-    iy, ix = iy[order], ix[order]
-    # sub-bin position: centroid of the 3×3 neighbourhood above the local minimum (periodic)
-    motif = []
-    for y, x in zip(iy, ix, strict=True):
-        oy, ox = np.mgrid[-1:2, -1:2]
-        patch = mean[(y + oy) % bins[0], (x + ox) % bins[1]]
-        weight = patch - patch.min()
-        if weight.sum() > 0:
-            dy, dx = (weight * oy).sum() / weight.sum(), (weight * ox).sum() / weight.sum()
-        else:
-            dy = dx = 0.0
-        motif.append(((y + dy) / bins[0], (x + dx) / bins[1]))
-    motif = np.mod(np.asarray(motif), 1.0)
-    direct = np.linalg.inv(reciprocal)
-    keep: list[int] = []
-    for k in range(len(motif)):
-        if all(
-            _fractional_distance(motif[k] - motif[j], direct) >= 0.25 * spacings.min() for j in keep
-        ):
-            keep.append(k)
-    motif = motif[keep]
-    # a maximum on a bin edge may be reported at 1.0 - ε; map values within 1e-9 of 1 to 0
-    motif[motif > 1 - 1e-9] = 0.0
-    return motif
+    return cell_maxima(cell_average(image, reciprocal), reciprocal, min_height)
 
 
 @dataclass(frozen=True)

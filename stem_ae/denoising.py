@@ -19,7 +19,15 @@ import numpy as np
 from scipy import ndimage
 
 from stem_ae._common import WINDOW
-from stem_ae._crystal import DARK_ASYMMETRY, cell_asymmetry, crystal_map, tile_side
+from stem_ae._crystal import (
+    DARK_ASYMMETRY,
+    SITE_LOWPASS,
+    cell_asymmetry,
+    crystal_map,
+    erased_columns,
+    restore_sites,
+    tile_side,
+)
 from stem_ae._resample import ceil_div, resample
 from stem_ae._residual import (
     CONSISTENCY_SURROUND,
@@ -124,6 +132,8 @@ class _Plan:
     dark: bool = False  # dark columns (ABF, BF): the image is denoised as its inverse
     spacing: float = 0.0  # measured dominant lattice spacing, input px
     noise_variance: float = 0.0  # normalised units; > 0 switches the local consistency step on
+    erased: tuple = ()  # fractional positions of motif columns the network erased (auto)
+    site_nn: float = 0.0  # nearest-neighbour column distance of the motif, input px
     lattice: LatticeEstimate | None = None  # as measured (input px), kept for the caller
 
     @property
@@ -152,6 +162,8 @@ class _Plan:
             halo_in += 4 * CONSISTENCY_WIDTH * reach * self.spacing
             if self.auto:  # remove_unsupported widens a flagged spot and smooths it
                 halo_in += 1.2 * self.spacing
+        if self.erased:  # restore_sites' low-pass
+            halo_in += 4 * SITE_LOWPASS * self.site_nn
         halo_scaled = WINDOW + self.step + 40 + 4 * max(0.0, (ratio - 1) / 2)
         return math.ceil(halo_in + halo_scaled * inverse) + 4
 
@@ -207,6 +219,12 @@ def denoise(
          more than 4 noise standard deviations of a column-sized average minus its surround
          (twice as wide; correlated noise included), the data are put back — a column painted
          where the data show none; a smooth offset between network and data is not a column;
+       * a sublattice the network erased: the data and the output are folded into the unit cell
+         (hundreds of cells average the noise out); a motif column that the data's cell
+         average shows (at 5σ of its noise) and the output's keeps at less than half its
+         relative height (the S2 columns of a noisy MoS2 image) gets the data back at each of
+         its sites (:func:`stem_ae._crystal.restore_sites`): a column where the data show one,
+         low-passed noise at a vacancy;
        * outside the crystal the output goes smoothly over to the data filtered by a Gaussian
          whose bandwidth SURE chooses there: nothing the network drew on amorphous material or
          vacuum is kept.
@@ -711,6 +729,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
     sigmas = tuple(s for s in RESIDUAL_SIGMAS if s == 0 or s >= floor)
     width = CONSISTENCY_WIDTH * plan.spacing
     weight, smooth, strength = 1.0, 0.0, None
+    erased, site_nn = np.empty((0, 2)), 0.0
     if residual == "auto":
         # the crystal's tiles alone tell the noise and the network's error: on amorphous parts
         # the network's swirls would count as noise there
@@ -727,6 +746,14 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         variance = surround_variance(spectrum, width) if plan.spacing > 0 else 0.0
         if not crystal.all():
             smooth = smoothing_sigma(normalized, spectrum, where=~crystal)
+        if plan.reciprocal is not None:  # a sublattice the network lost everywhere
+            erased, site_nn = erased_columns(
+                normalized,
+                estimate,
+                plan.reciprocal,
+                origin=origin,
+                where=crystal if crystal.any() else None,
+            )
     else:
         sigma = choose_residual_sigma(normalized, estimate, sigmas)
         corrected = apply_residual(normalized, estimate, sigma) if sigma > 0 else estimate
@@ -740,6 +767,8 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         auto=residual == "auto",
         smooth_sigma=smooth,
         excess=excess if residual == "auto" else float("nan"),
+        erased=tuple(map(tuple, erased)),
+        site_nn=site_nn,
     )
     if not (image.ndim == 2 and frame.shape == image.shape and not lazy):
         return plan, None
@@ -776,6 +805,15 @@ def _correct(normalized, estimate, origin, plan, strength=None):
             normalized, estimate, plan.residual_sigma, overwrite=True, weight=plan.residual_weight
         )
     denoised = _consistency(normalized, estimate, plan)
+    if plan.erased:
+        denoised = restore_sites(
+            normalized,
+            denoised,
+            plan.reciprocal,
+            np.array(plan.erased),
+            plan.site_nn,
+            origin=origin,
+        )
     if not plan.auto or plan.smooth_sigma <= 0:
         return denoised
     if strength is None:

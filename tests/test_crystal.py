@@ -9,7 +9,10 @@ from stem_ae._crystal import (
     CONTRAST_RANGE,
     cell_asymmetry,
     crystal_map,
+    erased_columns,
+    nearest_neighbour,
     peak_contrast,
+    restore_sites,
     tile_side,
 )
 from stem_ae.simulate import simulate_mixed_scene, simulate_scene
@@ -89,3 +92,72 @@ def test_batched_peak_contrast_equals_one_tile_at_a_time():
         single = [peak_contrast(tile, 19.5, known) for tile in tiles]
         np.testing.assert_allclose(batch, single, rtol=1e-12)
         assert batch[-1] == 0.0 and np.all(batch[:-1] > 0)  # a blank tile has no contrast
+
+
+# ---------------------------------------------------------------------------------------------
+# motif columns an estimate erased (a weak sublattice), and the data put back at their sites
+
+HONEYCOMB = np.array([[1 / 16, 0.0], [1 / 32, np.sqrt(3) / 32]])  # g1, g2 (1/px): a = 18.5 px
+
+
+def _honeycomb(shape, weak, vacancies=(), width=1.6):
+    """Strong columns at fractions (0, 0), weak ones (height ``weak``) at (1/3, 2/3) of a
+    hexagonal lattice (a honeycomb, like MoS2's Mo and S2), without the weak columns of the
+    cells in ``vacancies``."""
+    direct = np.linalg.inv(HONEYCOMB)
+    image = np.zeros(shape)
+    yy, xx = np.indices(shape, dtype=float)
+    for n1 in range(-4, 40):
+        for n2 in range(-40, 40):
+            for frac, height in (((0.0, 0.0), 1.0), ((1 / 3, 2 / 3), weak)):
+                if height != 1.0 and (n1, n2) in vacancies:
+                    continue
+                y, x = direct @ (np.array([n1, n2]) + frac)
+                if -8 < y < shape[0] + 8 and -8 < x < shape[1] + 8:
+                    image += height * np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * width**2))
+    return image
+
+
+def test_erased_columns_finds_the_weak_sublattice_only_when_it_is_lost():
+    rng = np.random.default_rng(0)
+    truth = _honeycomb((192, 192), weak=0.35)
+    noisy = truth + rng.normal(0, 0.5, truth.shape)  # weak columns 0.7σ: lost to the eye
+    strong_only = _honeycomb((192, 192), weak=0.0)
+    fractions, nn = erased_columns(noisy, strong_only, HONEYCOMB)
+    assert fractions.shape == (1, 2)
+    delta = (fractions[0] - [1 / 3, 2 / 3] + 0.5) % 1 - 0.5
+    assert np.abs(delta).max() < 0.03
+    assert nn == pytest.approx(32 / 3, rel=0.03)  # a / √3, a = 16 px × 2 / √3
+    # kept (even at 60 % of its relative height) or never shown by the data: nothing to do
+    assert len(erased_columns(noisy, truth, HONEYCOMB)[0]) == 0
+    assert len(erased_columns(noisy, strong_only + 0.6 * (truth - strong_only), HONEYCOMB)[0]) == 0
+    data_without = strong_only + rng.normal(0, 0.5, truth.shape)
+    assert len(erased_columns(data_without, strong_only, HONEYCOMB)[0]) == 0
+    # the same cells seen from another origin (a tile of a larger image) give the same site
+    shifted, _ = erased_columns(noisy[40:, 30:], strong_only[40:, 30:], HONEYCOMB, origin=(40, 30))
+    assert np.abs((shifted - fractions + 0.5) % 1 - 0.5).max() < 0.03
+
+
+def test_restore_sites_brings_back_columns_the_data_show_and_invents_none():
+    rng = np.random.default_rng(1)
+    vacancy = (5, 3)
+    truth = _honeycomb((192, 192), weak=0.35, vacancies=[vacancy])
+    noisy = truth + rng.normal(0, 0.2, truth.shape)
+    strong_only = _honeycomb((192, 192), weak=0.0)
+    site = np.array([[1 / 3, 2 / 3]])
+    nn = nearest_neighbour(np.array([[0, 0], [1 / 3, 2 / 3]]), HONEYCOMB)
+    assert nn == pytest.approx(32 / 3)
+    restored = restore_sites(noisy, strong_only, HONEYCOMB, site, nn)
+    assert restored.dtype == np.float32 and restored.shape == truth.shape
+    direct = np.linalg.inv(HONEYCOMB)
+    here = np.rint(direct @ (np.array([4, 2]) + site[0])).astype(int)  # a weak column
+    empty = np.rint(direct @ (np.array(vacancy) + site[0])).astype(int)  # its vacancy
+    assert restored[tuple(here)] > 0.6 * 0.35 and strong_only[tuple(here)] < 0.01
+    assert restored[tuple(empty)] < 0.3 * 0.35  # low-passed noise, no column, at the vacancy
+    strong = np.rint(direct @ np.array([4.0, 2.0])).astype(int)
+    assert restored[tuple(strong)] == pytest.approx(strong_only[tuple(strong)], abs=1e-3)
+    # a tile gives the same values as the whole image inside it
+    tile = restore_sites(
+        noisy[50:150, 60:160], strong_only[50:150, 60:160], HONEYCOMB, site, nn, origin=(50, 60)
+    )
+    assert np.abs(tile[10:-10, 10:-10] - restored[60:140, 70:150]).max() < 1e-5

@@ -74,6 +74,20 @@ def test_large_in_memory_image_goes_through_tiles(model, monkeypatch):
     assert np.abs(tiled - reference).max() <= 1e-5 * np.ptp(image)
 
 
+def test_tiles_equal_the_whole_image_where_erased_sites_are_restored(model, monkeypatch):
+    image = _crystal((300, 280), seed=2)
+    plain = denoise(image, model=model)
+    # as if the network had erased a column at the cell centre: the data go back there
+    site = (np.array([[0.5, 0.5]]), 7.0)
+    monkeypatch.setattr(denoising, "erased_columns", lambda *args, **kwargs: site)
+    reference = denoise(image, model=model)
+    assert np.abs(reference - plain).max() > 1e-3 * np.ptp(image)
+    monkeypatch.setattr(denoising, "LARGE_IMAGE", 100 * 100)
+    monkeypatch.setattr(_tiling, "TILE", 128)
+    tiled = denoise(image, model=model, workers=2)
+    assert np.abs(tiled - reference).max() <= 1e-5 * np.ptp(image)
+
+
 def test_chunks_smaller_than_a_window_are_rechunked(model):
     image = _crystal((200, 190), seed=2)
     lazy = denoise(da.from_array(image, chunks=16), model=model)
