@@ -17,6 +17,9 @@ Methods (``METHODS``, one line each; ``--methods`` picks):
   noise assumed, so correlated noise reads low);
 - ``default``: ``stem_ae.denoise(image)``;
 - ``network``: ``stem_ae.denoise(image, residual="none")``, the auto-encoder alone;
+- ``default_step2`` and ``network_step2``: the same two at window step 2, the step of every
+  earlier run (the dense default is 3 since ``DEFAULT_STEPS``); ``network_step2`` is the goal
+  check's reference, the network alone as the issue measured it;
 - ``conv`` and ``conv_network``: the same two with ``model="general_conv"``, the convolutional
   auto-encoder.
 
@@ -179,6 +182,14 @@ def run_network(image, ctx):
     return stem_ae.denoise(image, residual="none"), ""
 
 
+def run_default_step2(image, ctx):
+    return stem_ae.denoise(image, step=2), ""
+
+
+def run_network_step2(image, ctx):
+    return stem_ae.denoise(image, residual="none", step=2), ""
+
+
 def run_conv(image, ctx):
     return stem_ae.denoise(image, model="general_conv"), ""
 
@@ -196,6 +207,8 @@ METHODS = {
     "default": ('`denoise` default (`residual="auto"`)', run_default),
     "sure": ('white-noise SURE correction (`residual="sure"`, the earlier default)', run_sure),
     "network": ('network alone (`residual="none"`)', run_network),
+    "default_step2": ("`denoise` default at step 2 (the earlier step)", run_default_step2),
+    "network_step2": ("network alone at step 2 (the goal check's reference)", run_network_step2),
     "conv": ("`general_conv` (conv AE)", run_conv),
     "conv_network": ('`general_conv` alone (`residual="none"`)', run_conv_network),
 }
@@ -503,19 +516,20 @@ def goal_check(rows, images) -> list[str]:
     lines = [
         "## Goal check (issue 13)",
         "",
-        "`denoise` default against the network alone (RMS, compared as printed, to 0.01 px) and "
+        "`denoise` default against the network alone at window step 2, as the issue measured it "
+        "(RMS, compared as printed, to 0.01 px), and "
         "the raw image (invented). Where the network keeps fewer than "
         f"{100 * KEPT_FOR_RMS:.0f} % of the sites its RMS is no bar; the default must then keep "
         "at least as many sites instead. The last column, not part of the issue's rule, is the "
         "weakest motif column's sites kept (the fewest of any motif column in the raw image): a "
         "default that keeps far fewer of them than the raw image erases a real sublattice.",
         "",
-        "| image | default RMS px (kept) | network RMS px (kept) | default invented | "
+        "| image | default RMS px (kept) | network (step 2) RMS px (kept) | default invented | "
         "raw invented | met | weakest motif column kept, default / raw |",
         "|---|---|---|---|---|---|---|",
     ]
     for image in images:
-        keys = [(image.name, m) for m in ("default", "network", "raw")]
+        keys = [(image.name, m) for m in ("default", "network_step2", "raw")]
         if not all(k in index for k in keys):
             continue
         default, network, raw = (index[k] for k in keys)
@@ -572,10 +586,13 @@ def main(argv=None) -> int:
     def log(message: str) -> None:
         print(message, flush=True)
 
-    if {"default", "network", "conv", "conv_network"} & set(methods):
+    if {"default", "network", "default_step2", "network_step2", "conv", "conv_network"} & set(
+        methods
+    ):
         # load TensorFlow and the models once, so that no method's time includes it
         warmup = stem_ae.simulate_scene((96, 96), pixel_size=0.2, rng=0).noisy
         stem_ae.denoise(warmup)
+        stem_ae.denoise(warmup, step=2)  # each step is traced once
         stem_ae.denoise(warmup, model="general_conv")
     rows, montage, full_times = [], [], {}
     for image in images:
