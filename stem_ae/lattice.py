@@ -302,10 +302,15 @@ def _f_threshold(probability: float, dof: float, bg_dof: float) -> float:
     return float(stats.f.isf(probability, dof, bg_dof))
 
 
+@functools.lru_cache(maxsize=8)
 def _geometry(n: int):
+    """Centred frequency indices ``v, u``, their radius and the scan-axis mask of an n × n
+    spectrum (cached and read-only: every spectrum of a measurement asks for the same)."""
     v, u = np.indices((n, n)) - n // 2
     radius = np.hypot(v, u)
     axis = (np.abs(u) <= _AXIS_HALF_WIDTH) | (np.abs(v) <= _AXIS_HALF_WIDTH)
+    for array in (v, u, radius, axis):
+        array.flags.writeable = False
     return v, u, radius, axis
 
 
@@ -423,7 +428,8 @@ def _background(spectrum: _Spectrum) -> None:
     for _ in range(3):
         fitted, _ = _ring_fit(per_bin, ring[keep], size)
         background = np.exp(np.interp(radius, np.arange(size), fitted))
-        high = ndimage.binary_dilation(power > cut * background, np.ones((5, 5), bool))
+        # dilation by the 5 × 5 square (zero border): a separable maximum filter, as exact
+        high = ndimage.maximum_filter(power > cut * background, size=5, mode="constant")
         if np.count_nonzero(usable & ~high) < np.count_nonzero(usable) // 2:
             # no noise floor (a noise-free simulation): the peaks' leakage stands out of the
             # background everywhere; the last mask stays
