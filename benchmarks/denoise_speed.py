@@ -2,12 +2,13 @@
 
 Each case runs in a fresh child process (so that oneDNN reads ``ONEDNN_MAX_CPU_ISA`` at start-up
 and peak RSS is that case's alone): a simulated 1024² SrTiO3 scene at 0.2 Å/px and 16 counts/px,
-``denoise`` with the shipped ``general`` model at its defaults (step 2, ``residual="auto"``)
-and with ``model="general_conv"``,
-timed on a second call (the first traces the TensorFlow function), and BM3D (PyPI ``bm3d``,
-Anscombe transform, ``sigma_psd=1``) on the same image. ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16``
-keeps oneDNN off AMX, as on CPUs without it (the reviewers' 2-core AMD EPYC); on a CPU without
-AMX both rows run the same code. Prints ratios measured side by side in one run.
+``denoise`` with the shipped ``general`` model at its defaults (its default step 3,
+``residual="auto"``; also at step 2, the default before ``DEFAULT_STEPS``) and with
+``model="general_conv"`` (step 2), timed on a second call (the first traces the TensorFlow
+function), and BM3D (PyPI ``bm3d``, Anscombe transform, ``sigma_psd=1``) on the same image.
+``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` keeps oneDNN off AMX, as on CPUs without it (the
+reviewers' 2-core AMD EPYC); on a CPU without AMX both rows run the same code. Prints ratios
+measured side by side in one run.
 
 Run ``python benchmarks/denoise_speed.py`` (``--size 512`` for a quicker run). Writes
 ``benchmarks/results/denoise_speed.md``.
@@ -43,10 +44,12 @@ if method == "bm3d":
     seconds = time.perf_counter() - start
 else:
     import stem_ae
+    method, _, step = method.partition("@")  # "denoise[:model][@step]"
+    step = int(step) if step else None  # None: the model's default step
     model = stem_ae.load_model(method.split(":")[1] if ":" in method else "general")
-    stem_ae.denoise(image[:256, :256], model=model)  # load the model, trace the function
+    stem_ae.denoise(image[:256, :256], model=model, step=step)  # load the model, trace
     start = time.perf_counter()
-    stem_ae.denoise(image, model=model)
+    stem_ae.denoise(image, model=model, step=step)
     seconds = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps({"seconds": seconds, "rss_gib": rss}))
@@ -55,6 +58,11 @@ print(json.dumps({"seconds": seconds, "rss_gib": rss}))
 CASES = (
     ("denoise, oneDNN default ISA", "denoise", {}),
     ("denoise, AMX off", "denoise", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
+    (
+        "denoise at step 2 (the default before `DEFAULT_STEPS`), AMX off",
+        "denoise@2",
+        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+    ),
     ("denoise `general_conv`, oneDNN default ISA", "denoise:general_conv", {}),
     (
         "denoise `general_conv`, AMX off",
@@ -96,7 +104,8 @@ def main(argv=None) -> int:
         "",
         f"Command: `python benchmarks/denoise_speed.py --size {args.size}`. {args.size}² px "
         f"simulated SrTiO3, 0.2 Å/px, 16 counts/px; `denoise` defaults (shipped `general`, "
-        f'step 2, `residual="auto"`; and `model="general_conv"`), second call. '
+        f'its default step 3, `residual="auto"`; and `model="general_conv"`, step 2), second '
+        "call. "
         f"Machine: {_machine.describe()}, AMX {'present' if has_amx() else 'absent'}; "
         f"load average {os.getloadavg()[0]:.1f} at the end; {time.strftime('%Y-%m-%d %H:%M')}.",
         "",
