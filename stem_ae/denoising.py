@@ -246,11 +246,12 @@ def denoise(
         ``lattice_constant``); the sampling match always uses the measured lattice.
     step : int, optional
         Window step, px (1..28) at the model's sampling. None: the model's default
-        (:func:`default_step`): 3 for a dense model such as the shipped ``general`` (about 1.5×
-        faster than step 2 at 1024², at most 0.12 dB lower on simulated scenes and level on real
-        images), 2 for a convolutional model such as ``general_conv`` (equivariant to shifts of
-        4 px: step 2 runs its layers four times over the image, step 4 once, 0.1–0.3 dB lower and
-        about a quarter faster).
+        (:func:`default_step`): 3 for a dense model such as the shipped ``general`` (1.4–1.6×
+        faster than step 2 at 1024², within 0.03 dB per dose on simulated scenes; on the real
+        images the same lattice-fit RMS on three, 0.02 px worse on MoS2, 0.33 px better on the
+        Au crop: :data:`DEFAULT_STEPS`), 2 for a convolutional model such as ``general_conv``
+        (equivariant to shifts of 4 px: step 2 runs its layers four times over the image, step 4
+        once, 0.1–0.3 dB lower and about a quarter faster).
     model : None, str, path or keras.Model
         None: the shipped ``"general"`` model, or for a dark-column image (``contrast``) the
         convolutional ``"general_conv"`` (:data:`DARK_MODEL`); a name (``"general"``,
@@ -639,11 +640,13 @@ DEFAULT_STEPS = {"dense": 3, "conv": 2}
 """The window step (px, at the model's sampling) of ``step=None``, per model architecture.
 
 * ``"dense"`` (``general``, ``paper``): 3, the paper's upper step. Against step 2 it runs
-  2.25× fewer windows: ``denoise`` on 1024² takes 6.0 s instead of 8.6 s on the 2-core Xeon of
-  ``benchmarks/denoise_speed.py``; on the simulated scenes of ``benchmarks/quality.py``
-  (``general``, default pipeline) the PSNR moves by −0.12 to +0.20 dB (mean −0.01), the
-  position error by at most +0.09 pm; on the real images of ``benchmarks/real.py`` the
-  lattice-fit RMS is level or lower (Au crop 3.70 → 3.37 px, MoS2 0.88 → 0.86).
+  2.25× fewer windows: ``denoise`` on 1024² takes 8.3–8.8 s instead of 12.3–13.1 s on a 2-core
+  Xeon (``benchmarks/denoise_speed.py``, side by side). On the simulated scenes of
+  ``benchmarks/quality.py`` (``general``, default pipeline) the PSNR moves by −0.02 to +0.03 dB
+  per dose (−0.35 to +0.49 per scene), the position error by +0.05, +0.06, 0 and +0.01 pm at 1, 4,
+  16 and 64 counts/px, and 0.6 % of the vacancies are filled at 1 count/px (0 % at step 2). On
+  the real images of ``benchmarks/real.py`` the lattice-fit RMS is the same on four, lower on
+  the Au crop (3.70 → 3.37 px) and higher on MoS2 (0.85 → 0.87 px).
 * ``"conv"`` (``general_conv``): 2. Step 3 is slower than step 2 for a network equivariant to
   4-px shifts (its layers then run 16 times over the image, not 4) and no better.
 """
