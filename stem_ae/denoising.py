@@ -645,8 +645,9 @@ DEFAULT_STEPS = {"dense": 3, "conv": 2}
   ``benchmarks/quality.py`` (``general``, default pipeline) the PSNR moves by −0.02 to +0.03 dB
   per dose (−0.35 to +0.49 per scene), the position error by +0.05, +0.06, 0 and +0.01 pm at 1, 4,
   16 and 64 counts/px, and 0.6 % of the vacancies are filled at 1 count/px (0 % at step 2). On
-  the real images of ``benchmarks/real.py`` the lattice-fit RMS is the same on four, lower on
-  the Au crop (3.70 → 3.37 px) and higher on MoS2 (0.85 → 0.87 px).
+  the real images of ``benchmarks/real.py`` the lattice-fit RMS is the same on Tecnai, REBCO and
+  the [110] ADF image, lower on the Au crop (3.70 → 3.37 px) and higher on MoS2 (0.85 → 0.87
+  px); the ABF image is denoised by ``general_conv``.
 * ``"conv"`` (``general_conv``): 2. Step 3 is slower than step 2 for a network equivariant to
   4-px shifts (its layers then run 16 times over the image, not 4) and no better.
 """
