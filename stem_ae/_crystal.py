@@ -280,15 +280,21 @@ def cell_bins(reciprocal: np.ndarray) -> np.ndarray:
     return np.clip(np.round(2.0 * spacings), 8, 64).astype(int)
 
 
+def _fractions(shape, reciprocal, origin=(0, 0)) -> list[np.ndarray]:
+    """Each pixel's fractional coordinates along g1 and g2 (two (H, W) arrays, ``f = G r``),
+    pixel (0, 0) at global ``origin``: the same values for a pixel in any tile."""
+    y = np.arange(shape[0], dtype=np.float64)[:, None] + origin[0]
+    x = np.arange(shape[1], dtype=np.float64)[None, :] + origin[1]
+    return [y * reciprocal[axis, 0] + x * reciprocal[axis, 1] for axis in range(2)]
+
+
 def _cell_index(shape, reciprocal, bins, origin=(0, 0)) -> tuple[np.ndarray, np.ndarray]:
     """Each pixel's cell bin (flat index, (H·W,)) and integer cell ((H·W, 2), along g1 and g2),
     pixel (0, 0) at global ``origin``. Integer arithmetic in exact float64 (faster)."""
-    y = np.arange(shape[0], dtype=np.float64)[:, None] + origin[0]
-    x = np.arange(shape[1], dtype=np.float64)[None, :] + origin[1]
     flat = np.zeros(shape, np.float64)
     cells = np.empty((shape[0] * shape[1], 2), np.int32)
-    for axis in range(2):
-        scaled = np.rint((y * reciprocal[axis, 0] + x * reciprocal[axis, 1]) * bins[axis])
+    for axis, frac in enumerate(_fractions(shape, reciprocal, origin)):
+        scaled = np.rint(frac * bins[axis])
         cell = np.floor(scaled / bins[axis])
         flat = flat * bins[axis] + (scaled - cell * bins[axis])  # bin k is centred on k / bins
         cells[:, axis] = cell.ravel()
@@ -394,15 +400,14 @@ def cell_maxima(mean: np.ndarray, reciprocal: np.ndarray, min_height: float) -> 
 
 
 def nearest_neighbour(motif: np.ndarray, reciprocal: np.ndarray) -> float:
-    """Shortest distance (px) between two columns of a lattice with this motif (fractions):
-    between motif columns, or from a column to its own image one lattice vector away."""
-    direct = np.linalg.inv(np.asarray(reciprocal, np.float64))  # columns: lattice vectors
-    shifts = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3) if (i, j) != (0, 0)])
-    best = float(np.min(np.linalg.norm(shifts @ direct.T, axis=1)))
-    for i in range(len(motif)):
-        for j in range(i + 1, len(motif)):
-            best = min(best, float(fractional_distance(motif[i] - motif[j], direct)))
-    return best
+    """Shortest distance (px) between two columns of a lattice with this motif (fractions, (K,
+    2)): between motif columns, or from a column to its own image one lattice vector away."""
+    motif = np.asarray(motif, np.float64)
+    direct = np.linalg.inv(np.asarray(reciprocal, np.float64))  # r = direct @ f
+    shifts = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3)], dtype=np.float64)
+    cell = (shifts[:, None, :] + motif[None, :, :]).reshape(-1, 2) @ direct.T
+    distances = np.hypot(*(cell[None, :, :] - (motif @ direct.T)[:, None, :]).transpose(2, 0, 1))
+    return float(distances[distances > 1e-6].min())
 
 
 def erased_columns(
@@ -493,16 +498,15 @@ def restore_sites(
     reciprocal = np.asarray(reciprocal, np.float64)
     direct = np.linalg.inv(reciprocal)
     shape = np.shape(estimate)
-    yy, xx = np.mgrid[: shape[0], : shape[1]]
-    position = np.stack([yy + origin[0], xx + origin[1]]).astype(np.float64)
-    frac = np.tensordot(reciprocal, position, axes=1)  # (2, H, W)
+    frac = _fractions(shape, reciprocal, tuple(origin))
     mask = np.zeros(shape, np.float64)
     scale = -0.5 / (SITE_WIDTH * nn) ** 2
     for site in np.asarray(fractions, np.float64):
-        delta = frac - site[:, None, None]
-        delta -= np.rint(delta)  # to the nearest site (within half a cell: where the mask is)
-        offset = np.tensordot(direct, delta, axes=1)
-        np.maximum(mask, np.exp(scale * (offset[0] ** 2 + offset[1] ** 2)), out=mask)
+        # to the nearest site (within half a cell: where the mask is)
+        delta = [f - s - np.rint(f - s) for f, s in zip(frac, site, strict=True)]
+        dy = direct[0, 0] * delta[0] + direct[0, 1] * delta[1]
+        dx = direct[1, 0] * delta[0] + direct[1, 1] * delta[1]
+        np.maximum(mask, np.exp(scale * (dy**2 + dx**2)), out=mask)
     residual = np.asarray(noisy, np.float32) - np.asarray(estimate, np.float32)
     residual = ndimage.gaussian_filter(residual, SITE_LOWPASS * nn, mode="reflect", truncate=4.0)
     return (np.asarray(estimate, np.float32) + mask.astype(np.float32) * residual).astype(

@@ -22,7 +22,7 @@ import numpy as np
 from scipy import ndimage
 from scipy.spatial import cKDTree
 
-from stem_ae._crystal import cell_average, cell_maxima
+from stem_ae._crystal import cell_average, cell_maxima, nearest_neighbour
 
 __all__ = [
     "ColumnMatch",
@@ -1611,11 +1611,7 @@ def fit_lattice(
     if not 0 < radius_fraction <= 0.5:
         raise ValueError(f"radius_fraction must lie in (0, 0.5]; got {radius_fraction}")
     direct = np.linalg.inv(reciprocal)  # r = direct @ f
-    # nearest-neighbour distance of the motif lattice
-    shifts = np.array([(i, j) for i in range(-2, 3) for j in range(-2, 3)], dtype=np.float64)
-    cell = (shifts[:, None, :] + motif[None, :, :]).reshape(-1, 2) @ direct.T
-    distances = np.hypot(*(cell[None, :, :] - (motif @ direct.T)[:, None, :]).transpose(2, 0, 1))
-    nn_distance = float(distances[distances > 1e-6].min())
+    nn_distance = nearest_neighbour(motif, reciprocal)
     radius = radius_fraction * nn_distance
     margin = 0.5 * nn_distance if margin is None else float(margin)
     # every site whose nominal position lies within one nearest-neighbour distance of the image
