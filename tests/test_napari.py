@@ -71,6 +71,16 @@ def scene():
     return simulate_scene((96, 96), pixel_size=0.25, dose=20.0, rng=0)
 
 
+def test_layer_data_without_a_step_uses_and_records_the_models_default(scene):
+    from stem_ae import denoise
+
+    (denoised, kwargs, _), *_ = denoise_layer_data(scene.noisy, name="HAADF", contrast="bright")
+    assert kwargs["metadata"]["stem_ae"]["parameters"]["step"] == 3  # general: DEFAULT_STEPS
+    assert denoised.tobytes() == denoise(scene.noisy, contrast="bright", step=3).tobytes()
+    conv = denoise_layer_data(scene.noisy, model="general_conv", contrast="bright")
+    assert conv[0][1]["metadata"]["stem_ae"]["parameters"]["step"] == 2
+
+
 def test_layer_data_keeps_scale_and_translate_and_records_processing(scene):
     calls = []
     layers = denoise_layer_data(

@@ -48,6 +48,7 @@ def test_widget_is_found_through_the_manifest(make_napari_viewer):
     _, widget = viewer.window.add_plugin_dock_widget("stem_ae", "Denoise (stem_ae)")
     assert type(widget).__name__ == "DenoiseWidget"
     assert widget.model.value == "auto" and widget.contrast.value == "auto"
+    assert widget.step.value == 0  # 0: the model's own step (DEFAULT_STEPS)
     assert {"general", "general_conv", "paper"} <= set(widget.model.choices)
 
 
