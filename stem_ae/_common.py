@@ -4,8 +4,12 @@ Each is defined here once and imported where it is used (``stem_ae.simulate``, `
 ``stem_ae.windows``, ``stem_ae.cli``), so that changing one cannot leave another copy behind.
 """
 
+import contextlib
 import math
+import os
 import re
+import sys
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -131,3 +135,36 @@ def _jsonable(value: Any, *, max_items: int = 4096) -> Any:
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
     return str(value)
+
+
+NATIVE_NOISE = re.compile(r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog)")
+"""What TensorFlow's C++ logging writes at import however ``TF_CPP_MIN_LOG_LEVEL`` is set (on
+CPUs where oneDNN's custom operations are on: "oneDNN custom operations are on ...")."""
+
+
+@contextlib.contextmanager
+def filtered_native_stderr():
+    """Capture file descriptor 2 and pass on all but TensorFlow's informational log lines."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                if line.strip() and not NATIVE_NOISE.match(line):
+                    print(line, file=sys.stderr)
+
+
+def import_keras():
+    """``keras`` (and TensorFlow under it), its first import without TensorFlow's native
+    start-up lines on stderr: information, not warnings, for a microscopist's terminal."""
+    if "keras" not in sys.modules:
+        with filtered_native_stderr():
+            import keras  # noqa: F401
+    return sys.modules["keras"]

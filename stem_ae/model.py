@@ -29,11 +29,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
-from keras import layers
 
-from stem_ae._common import PAPER_SPACING_PX
+from stem_ae._common import PAPER_SPACING_PX, import_keras
+
+keras = import_keras()
+layers = keras.layers
 
 __all__ = [
     "ACTIVATIONS",

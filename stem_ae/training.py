@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import keras
 import numpy as np
 
+from stem_ae._common import import_keras
 from stem_ae.model import (
     AEConfig,
     build_autoencoder,
@@ -26,6 +26,8 @@ from stem_ae.model import (
     predict_windows,
     standardize,
 )
+
+keras = import_keras()
 
 __all__ = [
     "RECIPES",

@@ -143,7 +143,10 @@ def test_conv_fast_path_does_not_depend_on_bands_and_moves_with_the_image(
     image = np.random.default_rng(6).normal(size=(70, 92)) * 2 + 5
     whole = reconstruct(image, conv_autoencoder, step=2)
     monkeypatch.setattr(windows, "CONV_BAND_PIXELS", 8 * 100)  # bands of 8 rows
-    assert reconstruct(image, conv_autoencoder, step=2).tobytes() == whole.tobytes()
+    banded = reconstruct(image, conv_autoencoder, step=2)
+    # bit for bit where oneDNN runs one convolution kernel whatever the band's height (the CPUs
+    # of CI); on CPUs with AVX512-BF16 or AMX it picks kernels by shape: float32 rounding apart
+    assert np.abs(banded - whole).max() <= 1e-6 * np.abs(whole).max()
     # the floating window's outputs move with the image by a multiple of the period (4 px);
     # reconstruct's global scaling is matched by shifting a copy padded with the same pixels
     margin = Runner(conv_autoencoder).halo + 16
