@@ -4,8 +4,11 @@ Each case runs in a fresh child process (so that oneDNN reads ``ONEDNN_MAX_CPU_I
 and peak RSS is that case's alone): a simulated 1024² SrTiO3 scene at 0.2 Å/px and 16 counts/px,
 ``denoise`` with the shipped ``general`` model at its defaults (its default step 3,
 ``residual="auto"``; also at step 2, the default before ``DEFAULT_STEPS``) and with
-``model="general_conv"`` (step 2), timed on a second call (the first traces the TensorFlow
-function), and BM3D (PyPI ``bm3d``, Anscombe transform, ``sigma_psd=1``) on the same image.
+``model="general_conv"`` (step 2); the default and ``residual="periodic"`` also on the same
+scene at 1 count/px, where the gate leaves the network's output and the option adds its fold
+(elsewhere it runs the default's code); each timed on a second call (the first traces the
+TensorFlow function), and BM3D (PyPI ``bm3d``, Anscombe transform, ``sigma_psd=1``) on the
+16-count image.
 ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` keeps oneDNN off AMX, as on CPUs without it (the
 reviewers' 2-core AMD EPYC); on a CPU without AMX both rows run the same code. Prints ratios
 measured side by side in one run.
@@ -35,7 +38,9 @@ import json, resource, sys, time
 import numpy as np
 from stem_ae.simulate import simulate_scene
 size, method = int(sys.argv[1]), sys.argv[2]
-image = simulate_scene((size, size), pixel_size=0.2, dose=16.0, rng=5).noisy
+options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
+dose = options.pop("dose", 16.0)
+image = simulate_scene((size, size), pixel_size=0.2, dose=dose, rng=5).noisy
 if method == "bm3d":
     import bm3d
     start = time.perf_counter()
@@ -47,9 +52,9 @@ else:
     method, _, step = method.partition("@")  # "denoise[:model][@step]"
     step = int(step) if step else None  # None: the model's default step
     model = stem_ae.load_model(method.split(":")[1] if ":" in method else "general")
-    stem_ae.denoise(image[:256, :256], model=model, step=step)  # load the model, trace
+    stem_ae.denoise(image[:256, :256], model=model, step=step, **options)  # load, trace
     start = time.perf_counter()
-    stem_ae.denoise(image, model=model, step=step)
+    stem_ae.denoise(image, model=model, step=step, **options)
     seconds = time.perf_counter() - start
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 print(json.dumps({"seconds": seconds, "rss_gib": rss}))
@@ -69,6 +74,18 @@ CASES = (
         "denoise:general_conv",
         {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
     ),
+    (
+        "denoise at 1 count/px, AMX off",
+        "denoise",
+        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+        {"dose": 1.0},
+    ),
+    (
+        'denoise `residual="periodic"` at 1 count/px, AMX off',
+        "denoise",
+        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+        {"dose": 1.0, "residual": "periodic"},
+    ),
     ("BM3D (Anscombe)", "bm3d", {}),
 )
 
@@ -85,11 +102,12 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=1024)
     args = parser.parse_args(argv)
     rows = []
-    for label, method, env in CASES:
+    for label, method, env, *options in CASES:
         child_env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **env}
         started = time.perf_counter()
+        extra = [json.dumps(options[0])] if options else []
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, str(args.size), method],
+            [sys.executable, "-c", CHILD, str(args.size), method, *extra],
             capture_output=True,
             text=True,
             env=child_env,
@@ -103,7 +121,8 @@ def main(argv=None) -> int:
         "# `denoise` speed, AMX on and off, against BM3D",
         "",
         f"Command: `python benchmarks/denoise_speed.py --size {args.size}`. {args.size}² px "
-        f"simulated SrTiO3, 0.2 Å/px, 16 counts/px; `denoise` defaults (shipped `general`, "
+        f"simulated SrTiO3, 0.2 Å/px, 16 counts/px (the two rows at 1 count/px: the dose "
+        f'where `residual="periodic"` adds its fold); `denoise` defaults (shipped `general`, '
         f'its default step 3, `residual="auto"`; and `model="general_conv"`, step 2), second '
         "call. "
         f"Machine: {_machine.describe()}, AMX {'present' if has_amx() else 'absent'}; "

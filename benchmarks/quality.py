@@ -36,7 +36,9 @@ Methods:
   (6–21 px) scaled with the column spacing, exact unbiased inverse Anscombe;
 - ``bm3d``: PyPI ``bm3d`` on the Anscombe transform with ``sigma_psd=1``, exact unbiased inverse;
 - ``paper``, ``general`` and ``general_conv``: ``stem_ae.denoise(noisy, pixel_size=...,
-  model=name)`` (``general_conv_network``: the convolutional network alone);
+  model=name)`` (``general_conv_network``: the convolutional network alone;
+  ``general_periodic``: the option ``residual="periodic"``, the network's error averaged over
+  the unit cells added where the gate leaves it);
 - ``general_clean``: not a method but a diagnostic — ``general`` applied to the noise-free image:
   how much it changes data that need no denoising; ``general_network_clean`` the same for the
   network alone (``residual="none"``): its error floor (the dense ``general`` of the first round
@@ -96,6 +98,7 @@ METHODS = (
     "general",
     "general_network",
     "general_sure",
+    "general_periodic",
     "general_clean",
     "general_network_clean",
     "general_conv",
@@ -111,6 +114,7 @@ LABELS = {
     "general": "stem_ae `general`",
     "general_network": 'stem_ae `general`, network alone (`residual="none"`)',
     "general_sure": 'stem_ae `general`, white-noise SURE correction (`residual="sure"`)',
+    "general_periodic": 'stem_ae `general`, periodic error folded in (`residual="periodic"`)',
     "general_clean": "stem_ae `general` on the noise-free image (harm check)",
     "general_network_clean": "stem_ae `general`, network alone, on the noise-free image (floor)",
     "general_conv": "stem_ae `general_conv` (convolutional)",
@@ -247,6 +251,7 @@ RUNNERS = {
     "general": _stem_ae("general"),
     "general_network": _stem_ae("general", residual="none"),
     "general_sure": _stem_ae("general", residual="sure"),
+    "general_periodic": _stem_ae("general", residual="periodic"),
     # not a denoiser: what the model does to an image with no noise left (its error floor)
     "general_clean": _stem_ae("general", noise_free=True),
     "general_network_clean": _stem_ae("general", noise_free=True, residual="none"),
@@ -255,7 +260,13 @@ RUNNERS = {
     "general_conv_network_clean": _stem_ae("general_conv", noise_free=True, residual="none"),
 }
 VARIANTS = {
-    "general": ("general_clean", "general_network", "general_sure", "general_network_clean"),
+    "general": (
+        "general_clean",
+        "general_network",
+        "general_sure",
+        "general_periodic",
+        "general_network_clean",
+    ),
     "general_conv": ("general_conv_network", "general_conv_network_clean"),
 }
 
@@ -708,7 +719,7 @@ def write_markdown(rows, methods, missing, path, args, elapsed):
     if missing:
         text += ["**Missing rows:** " + "; ".join(f"`{k}` ({v})" for k, v in missing.items()), ""]
     text += ["## By dose (mean over pixel sizes and seeds)", "", table(by_dose, ("dose",), methods)]
-    for model in ("general", "general_conv"):
+    for model in ("general", "general_periodic", "general_conv"):
         if model in methods:
             text += ["", f"## Goal: `{model}` ahead of BM3D", ""]
             text += goal_lines(by_dose, by_case, model)

@@ -536,6 +536,8 @@ def remove_unsupported(
     threshold: float,
     spacing: float,
     surround: float = CONSISTENCY_SURROUND,
+    *,
+    fallback: np.ndarray | None = None,
 ) -> np.ndarray:
     """Take out what the estimate shows and the data do not: a column painted into a vacancy.
 
@@ -569,6 +571,10 @@ def remove_unsupported(
         Lattice spacing, px.
     surround : float
         Width of the subtracted surround, as a multiple of ``width`` (> 1).
+    fallback : ndarray, shape (H, W), optional
+        An estimate without the additions of ``estimate`` (the network's output before its
+        periodic error was added): a spot flagged in either is corrected from it, so what was
+        added at a vacancy goes too.
 
     Returns
     -------
@@ -594,16 +600,30 @@ def remove_unsupported(
     single = np.asarray(noisy).dtype == np.float32 and np.asarray(estimate).dtype == np.float32
     dtype = np.float32 if single else np.float64
     a = np.asarray(estimate, dtype=dtype)
-    residual = np.asarray(noisy, dtype=dtype) - a
-    mean = ndi.gaussian_filter(residual, width, mode="reflect", truncate=_TRUNCATE)
-    mean -= ndi.gaussian_filter(residual, surround * width, mode="reflect", truncate=_TRUNCATE)
-    flagged = -mean > threshold * np.sqrt(variance * _surround_energy(float(width), surround))
-    if not flagged.any():
+    limit = threshold * np.sqrt(variance * _surround_energy(float(width), surround))
+
+    def unsupported(b):
+        residual = np.asarray(noisy, dtype=dtype) - b
+        mean = ndi.gaussian_filter(residual, width, mode="reflect", truncate=_TRUNCATE)
+        mean -= ndi.gaussian_filter(residual, surround * width, mode="reflect", truncate=_TRUNCATE)
+        return -mean > limit, residual
+
+    flagged, residual = unsupported(a)
+    if fallback is not None:
+        base = np.asarray(fallback, dtype=dtype)
+        flagged |= unsupported(base)[0]
+        if not flagged.any():
+            return a.copy()
+        residual = np.asarray(noisy, dtype=dtype) - base
+    elif not flagged.any():
         return a.copy()
     reach = max(3, round(0.6 * spacing) | 1)
     mask = ndi.maximum_filter(flagged.astype(dtype), size=reach, mode="constant")
     mask = ndi.gaussian_filter(mask, 0.1 * spacing, mode="constant", truncate=_TRUNCATE)
     ndi.gaussian_filter(residual, 0.5 * width, mode="reflect", truncate=_TRUNCATE, output=residual)
+    if fallback is not None:  # in flagged spots: fallback + its low-passed residual
+        residual += base
+        residual -= a
     residual *= mask
     residual += a
     return residual

@@ -10,10 +10,8 @@ and the input untouched.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import math
 import os
-import re
 import sys
 import tempfile
 import time
@@ -21,7 +19,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from stem_ae._common import WINDOW
+from stem_ae._common import WINDOW, filtered_native_stderr
 from stem_ae._version import __version__
 
 _STARTED = time.perf_counter()  # when the command started (start-up is part of what it costs)
@@ -31,10 +29,6 @@ MAX_PIXEL_SIZE = 100.0  # Å/px; coarser than this is not an atomic-resolution i
 EXIT_BAD_INPUT = 2
 SHIPPED_MODELS = ("general", "general_conv", "paper")
 _KEEP_BYTES = 1 << 30  # inputs read during the checks are kept in memory up to 1 GiB in all
-
-
-# What TensorFlow's C++ logging writes at import however TF_CPP_MIN_LOG_LEVEL is set.
-_NATIVE_NOISE = re.compile(r"^(I\d{4} |WARNING: All log messages before absl::InitializeLog)")
 
 
 class UsageError(Exception):
@@ -176,10 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     denoise.add_argument(
         "--residual",
-        choices=("auto", "sure", "none"),
+        choices=("auto", "periodic", "sure", "none"),
         default="auto",
-        help="data consistency: 'auto' (default), 'sure' (white-noise SURE, the earlier "
-        "default), 'none' (the network alone)",
+        help="data consistency: 'auto' (default), 'periodic' (auto plus the network's error "
+        "averaged over the unit cells: weak sublattices, white noise), 'sure' (white-noise SURE, "
+        "the earlier default), 'none' (the network alone)",
     )
     denoise.add_argument(
         "--mask",
@@ -471,25 +466,6 @@ def _measure_lattice(image, path: Path, pixel_size=None):
     ) from None
 
 
-@contextlib.contextmanager
-def _filtered_native_stderr():
-    """Capture file descriptor 2 and pass on all but TensorFlow's informational log lines."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as capture:
-        os.dup2(capture.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            capture.seek(0)
-            for line in capture.read().decode(errors="replace").splitlines():
-                if line.strip() and not _NATIVE_NOISE.match(line):
-                    print(line, file=sys.stderr)
-
-
 def _read(path: Path):
     from stem_ae.io import read_image
 
@@ -681,7 +657,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
     from stem_ae.denoising import default_step, denoise
 
     try:
-        with _filtered_native_stderr():
+        with filtered_native_stderr():
             from stem_ae.model import load_model
 
             models = {model_name: load_model(model_name)}
@@ -750,7 +726,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
 
                     used_name = default_model(contrast)
                     if used_name not in models:  # a shipped model: loaded on first need
-                        with _filtered_native_stderr():
+                        with filtered_native_stderr():
                             models[used_name] = load_model(used_name)
                 model = models[used_name]
                 used_step = default_step(model) if step is None else step
@@ -995,7 +971,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if config_path is not None and not config_path.is_file():
         raise UsageError(f"--config {config_path} is not a file — give a JSON file of AEConfig.")
 
-    with _filtered_native_stderr():
+    with filtered_native_stderr():
         import keras
 
         from stem_ae.model import AEConfig, save_model

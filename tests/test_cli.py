@@ -593,3 +593,13 @@ def test_denoise_default_model_is_the_convolutional_one_for_dark_columns(tmp_pat
         "denoise", tmp_path / "dark.npy", "-o", tmp_path / "given.tif", "--model", "general"
     )
     assert given.returncode == 0 and "model general," in given.stdout + given.stderr
+
+
+def test_residual_choices_are_the_denoise_modes():
+    from stem_ae.cli import build_parser
+    from stem_ae.denoising import RESIDUAL_MODES
+
+    parser = build_parser()
+    denoise = parser._subparsers._group_actions[0].choices["denoise"]
+    (action,) = [a for a in denoise._actions if a.dest == "residual"]
+    assert tuple(action.choices) == RESIDUAL_MODES

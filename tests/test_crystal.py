@@ -7,11 +7,16 @@ import pytest
 
 from stem_ae._crystal import (
     CONTRAST_RANGE,
+    _fractions,
     cell_asymmetry,
+    cell_bins,
     crystal_map,
     erased_columns,
+    local_fractions,
     nearest_neighbour,
     peak_contrast,
+    periodic_image,
+    periodic_part,
     restore_sites,
     tile_side,
 )
@@ -161,3 +166,46 @@ def test_restore_sites_brings_back_columns_the_data_show_and_invents_none():
         noisy[50:150, 60:160], strong_only[50:150, 60:160], HONEYCOMB, site, nn, origin=(50, 60)
     )
     assert np.abs(tile[10:-10, 10:-10] - restored[60:140, 70:150]).max() < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------
+# the network's periodic error (residual="periodic")
+
+SQUARE = np.array([[1 / 16, 0.0], [0.0, 1 / 16]])  # the nominal lattice: 16 px
+
+
+def test_local_fractions_follow_a_strained_shifted_lattice_where_the_global_ones_drift():
+    # columns every 16.5 px (3 % strain against the nominal 16 px), shifted by (3, -2) px
+    yy, xx = np.indices((256, 256), dtype=float)
+    centres = [(3 + 16.5 * i, -2 + 16.5 * j) for i in range(-1, 17) for j in range(-1, 17)]
+    image = sum(np.exp(-((yy - y) ** 2 + (xx - x) ** 2) / (2 * 2.0**2)) for y, x in centres)
+    local = local_fractions(image, SQUARE, 16.0)
+    plain = _fractions(image.shape, SQUARE)
+    inside = [(round(y), round(x)) for y, x in centres if 48 < y < 208 and 48 < x < 208]
+    assert len(inside) > 50
+
+    def off_integer(fractions):
+        return max(
+            abs((f[p] + 0.5) % 1 - 0.5) for f in fractions for p in inside
+        )  # cells, at the columns
+
+    assert off_integer(local) < 0.06  # each column sits on an integer fraction
+    assert off_integer(plain) > 0.3  # the nominal lattice has drifted by a third of a cell
+
+
+def test_periodic_part_recovers_an_error_repeated_in_every_cell_from_noise():
+    rng = np.random.default_rng(3)
+    fractions = _fractions((256, 256), SQUARE)
+    pattern = 0.3 * np.cos(2 * np.pi * fractions[0]) * np.cos(2 * np.pi * fractions[1])
+    residual = pattern + rng.normal(0, 1.0, pattern.shape)  # the error hidden under noise σ = 1
+    bins = cell_bins(SQUARE)
+    table = periodic_part(residual, fractions, bins)
+    assert table.shape == tuple(bins)
+    laid = periodic_image(table, fractions)
+    assert laid.dtype == np.float32 and laid.shape == pattern.shape
+    # the error's RMS is 0.15, the noise's 1: the cell average leaves 1/20 of the noise
+    assert np.sqrt(np.mean((laid - pattern) ** 2)) < 0.05
+    # too few pixels to fill every bin of the cell: no table
+    corner = np.zeros(pattern.shape, bool)
+    corner[:6, :6] = True
+    assert periodic_part(residual, fractions, bins, where=corner) is None

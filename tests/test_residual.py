@@ -255,3 +255,32 @@ def test_remove_unsupported_takes_out_a_painted_column_but_not_a_smooth_offset()
     assert _surround_energy(width, 2.0) < energy  # the band-pass has less noise to compare with
     with pytest.raises(ValueError, match="surround"):
         remove_unsupported(noisy, estimate, width, sd**2, 4.0, spacing, surround=1.0)
+
+
+def test_remove_unsupported_corrects_flagged_spots_from_the_fallback_and_leaves_the_rest():
+    from stem_ae._residual import remove_unsupported
+
+    rng = np.random.default_rng(6)
+    y, x = np.mgrid[:128, :128].astype(float)
+    spacing, width, sd, threshold = 16.0, 3.2, 0.2, 5.0
+
+    def column(cy, cx):
+        return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 2.0**2))
+
+    grid = sum(column(cy, cx) for cy in range(8, 128, 16) for cx in range(8, 128, 16))
+    truth = grid - column(56, 56)  # a vacancy
+    noisy = truth + rng.normal(0, sd, truth.shape)
+    network = truth + column(56, 56)  # the network painted a column into the vacancy
+    folded = network + 0.1 * grid  # and the periodic error adds a tenth at every site
+    fixed = remove_unsupported(noisy, folded, width, sd**2, threshold, spacing, fallback=network)
+    alone = remove_unsupported(noisy, network, width, sd**2, threshold, spacing)
+    near = np.hypot(y - 56, x - 56) < 4
+    # the flagged spot is corrected from the network's own output: the fold's tenth goes too
+    assert np.abs(fixed[near] - alone[near]).max() < 1e-5
+    assert fixed[56, 56] < 0.5 * folded[56, 56]
+    far = np.hypot(y - 56, x - 56) > 1.5 * spacing
+    assert np.array_equal(fixed[far], folded[far])  # elsewhere the fold stays
+    # nothing flagged in either: the folded estimate comes back as it is
+    clean = truth + 0.1 * grid
+    kept = remove_unsupported(noisy, clean, width, sd**2, threshold, spacing, fallback=truth)
+    assert np.array_equal(kept, clean)
