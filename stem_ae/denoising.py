@@ -222,7 +222,11 @@ def denoise(
          the dense ``general``, from 0.25 to 0.5 for the convolutional ``general_conv``, which
          has no error floor (:data:`EXCESS_RANGES`). On noisy real images (dense excess
          0.1–0.5, convolutional 0.0–0.2) nothing is added: any data put back costs column
-         precision there; at a high dose the data win;
+         precision there; at a high dose the data win. For a dense network with an excess of
+         3 or more (:data:`WHITE_EXCESS`) the bandwidth is SURE's under the white noise
+         estimate (fourth-order differences): there the spectrum, measured on the residual,
+         holds the network's error as well (3× the noise at 64 counts/px) and over-smoothed
+         the data put back (up to −5 dB on simulated scenes at 64 counts/px);
        * a one-sided local consistency test: where the network is brighter than the data by
          more than 4 noise standard deviations of a column-sized average minus its surround
          (twice as wide; correlated noise included), the data are put back — a column painted
@@ -700,6 +704,18 @@ def default_model(contrast: str) -> str:
     return DARK_MODEL if contrast == "dark" else "general"
 
 
+WHITE_EXCESS = 3.0
+"""``residual="auto"`` with a dense network: from this excess error (in noise variances, as the
+spectrum measures it) the bandwidth of the residual put back is SURE's under the white noise
+estimate, not under the spectrum. At such a high dose the spectrum, measured on the residual
+``image − output``, holds the network's error floor too (3× the true noise at 64 counts/px on
+simulated scenes), and SURE under it over-smoothed the data put back: 1.1 dB lost on average at 64
+counts/px, up to 5 dB in one scene (``benchmarks/results/quality.md``). Below it (excess 1.8–2.4 on
+the correlated-noise scenes at 16 counts/px) the white estimate would put correlated noise back. The
+convolutional network, with no error floor, keeps the spectrum (the white width cost it 0.5–3 dB
+there). On the real images of ``benchmarks/real.py`` the dense excess is 0.1–0.5 (noisy) and 2.5
+(the low-noise [110] ADF image): none reaches it."""
+
 RESIDUAL_MODES = ("auto", "periodic", "sure", "none")
 """Named residual corrections: ``"auto"`` chooses the bandwidth by SURE under the noise spectrum
 measured in the image (correlated noise), ``"periodic"`` is ``"auto"`` plus the network's error
@@ -782,7 +798,13 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
             )
             if periodic is not None:
                 folded = estimate + (1.0 - weight) * periodic_image(periodic, fractions)
-        sigma = choose_residual_sigma(normalized, folded, sigmas, spectrum) if weight else 0.0
+        # a dense network's floor far above the noise (a high dose): the spectrum, measured on
+        # the residual, then holds much of that error too and would over-smooth the data put
+        # back; the white estimate (fourth-order differences, blind to smooth errors) picks the
+        # width (WHITE_EXCESS)
+        white = runner.architecture == "dense" and excess >= WHITE_EXCESS
+        colored = None if white else spectrum
+        sigma = choose_residual_sigma(normalized, folded, sigmas, colored) if weight else 0.0
         variance = surround_variance(spectrum, width) if plan.spacing > 0 else 0.0
         if not crystal.all():
             smooth = smoothing_sigma(normalized, spectrum, where=~crystal)
