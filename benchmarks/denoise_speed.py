@@ -3,7 +3,8 @@
 Each case runs in a fresh child process (so that oneDNN reads ``ONEDNN_MAX_CPU_ISA`` at start-up
 and peak RSS is that case's alone): a simulated 1024² SrTiO3 scene at 0.2 Å/px and 16 counts/px,
 ``denoise`` with the shipped ``general`` model at its defaults (its default step 3,
-``residual="auto"``; also at step 2, the default before ``DEFAULT_STEPS``) and with
+``residual="auto"``; also at step 2, the default before ``DEFAULT_STEPS``, and with the
+Gaussian filters that ``stem_ae._filters`` replaced: ``ndimage``'s direct convolutions) and with
 ``model="general_conv"`` (step 2); the default and ``residual="periodic"`` also on the same
 scene at 1 count/px, where the gate leaves the network's output and the option adds its fold
 (elsewhere it runs the default's code); each timed on a second call (the first traces the
@@ -40,6 +41,14 @@ from stem_ae.simulate import simulate_scene
 size, method = int(sys.argv[1]), sys.argv[2]
 options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 dose = options.pop("dose", 16.0)
+if options.pop("direct_filters", False):  # the filters before stem_ae._filters, for the ratio
+    from scipy import ndimage as ndi
+    import stem_ae._filters, stem_ae._residual
+    stem_ae._filters.COSINE_MIN_TAPS = 10**9
+    stem_ae._residual.lowpass_errors = lambda r, sigmas, truncate=4.0: [
+        float(np.mean(((ndi.gaussian_filter(r, s, truncate=truncate) if s else 0.0) - r) ** 2))
+        for s in sigmas
+    ]
 image = simulate_scene((size, size), pixel_size=0.2, dose=dose, rng=5).noisy
 if method == "bm3d":
     import bm3d
@@ -63,6 +72,12 @@ print(json.dumps({"seconds": seconds, "rss_gib": rss}))
 CASES = (
     ("denoise, oneDNN default ISA", "denoise", {}),
     ("denoise, AMX off", "denoise", {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}),
+    (
+        "denoise with ndimage's direct Gaussian filters (before `_filters`), AMX off",
+        "denoise",
+        {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
+        {"direct_filters": True},
+    ),
     (
         "denoise at step 2 (the default before `DEFAULT_STEPS`), AMX off",
         "denoise@2",

@@ -25,6 +25,8 @@ import math
 import numpy as np
 from scipy import ndimage
 
+from stem_ae._filters import gaussian_filter, power_spectra
+
 TOP_BINS = 8
 """Strongest frequency bins whose mean power measures a tile's peak contrast."""
 
@@ -90,7 +92,7 @@ def _peak_contrasts(
     taper = np.hanning(side + 2)[1:-1]
     window = np.outer(taper, taper)
     centred = np.stack([window * (tile - tile.mean()) for tile in tiles])
-    power = np.abs(np.fft.fft2(centred)) ** 2
+    power = power_spectra(centred)
     annulus = _annulus(side, float(spacing))
     values = power[:, annulus]
     median = np.median(values, axis=1)
@@ -185,7 +187,7 @@ def crystal_map(
     ]
     yy, xx = np.meshgrid(*coords, indexing="ij")
     pixels = ndimage.map_coordinates(strength, [yy, xx], order=1, mode="nearest")
-    pixels = ndimage.gaussian_filter(pixels, hop / 2, mode="nearest")
+    pixels = gaussian_filter(pixels, hop / 2, mode="nearest")
     return np.clip(pixels, 0.0, 1.0).astype(np.float32)
 
 

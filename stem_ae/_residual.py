@@ -34,6 +34,9 @@ from functools import cache
 import numpy as np
 from scipy import ndimage as ndi
 
+from stem_ae._filters import TRUNCATE as _TRUNCATE
+from stem_ae._filters import gaussian_filter, gaussian_taps, lowpass_errors, power_spectra
+
 RESIDUAL_SIGMAS = (0.0, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
 """Candidate bandwidths (px of the input image) for the residual low-pass; 0 means none."""
 
@@ -47,25 +50,13 @@ CONSISTENCY_SURROUND = 2.0
 """Width of the surround that :func:`remove_unsupported` subtracts from its column-scale average,
 as a multiple of that average's width: the test sees a column-sized bump, not a smooth offset."""
 
-_TRUNCATE = 4.0
-
-
-def _taps(sigma: float, radius: int | None = None) -> np.ndarray:
-    """The 1-D Gaussian taps that ``ndimage.gaussian_filter`` applies, zero-padded to ``radius``."""
-    own = int(_TRUNCATE * sigma + 0.5)
-    x = np.arange(-own, own + 1, dtype=float)
-    kernel = np.exp(-0.5 * (x / sigma) ** 2)
-    kernel /= kernel.sum()
-    pad = 0 if radius is None else radius - own
-    return np.pad(kernel, pad)
-
 
 @cache
 def _centre_tap(sigma: float) -> float:
     """Centre value of the 2-D Gaussian kernel that ``ndimage.gaussian_filter`` applies."""
     if sigma == 0:
         return 0.0
-    taps = _taps(sigma)
+    taps = gaussian_taps(sigma)
     return float(taps[len(taps) // 2] ** 2)
 
 
@@ -77,7 +68,7 @@ a cubic polynomial along rows or along columns."""
 @cache
 def _kernel_energy(sigma: float) -> float:
     """Sum of squares of the 2-D Gaussian kernel that ``ndimage.gaussian_filter`` applies."""
-    return float(np.sum(_taps(sigma) ** 2) ** 2)
+    return float(np.sum(gaussian_taps(sigma) ** 2) ** 2)
 
 
 @cache
@@ -87,8 +78,8 @@ def _surround_energy(width: float, surround: float) -> float:
     The kernel is a difference of two separable ones, so its energy is
     ``(Σa²)² + (Σb²)² − 2 (Σab)²`` with ``a``, ``b`` the 1-D taps on a common support.
     """
-    outer = _taps(surround * width)
-    inner = _taps(width, radius=len(outer) // 2)
+    outer = gaussian_taps(surround * width)
+    inner = gaussian_taps(width, radius=len(outer) // 2)
     return float(np.sum(inner**2) ** 2 + np.sum(outer**2) ** 2 - 2 * np.sum(inner * outer) ** 2)
 
 
@@ -199,10 +190,10 @@ def noise_spectrum(
         chosen = [(i, j) for i, j in starts if where[i + side // 2, j + side // 2]]
         starts = chosen or starts
     starts = starts[:: max(1, len(starts) // _MAX_TILES)]  # evenly thinned: bounded time
-    power = np.zeros((side, side))
-    for i, j in starts:
-        block = r[i : i + side, j : j + side]
-        power += np.abs(np.fft.fft2(window * (block - block.mean()))) ** 2
+    blocks = np.stack([r[i : i + side, j : j + side] for i, j in starts])
+    blocks -= blocks.mean(axis=(1, 2), keepdims=True)
+    blocks *= window
+    power = power_spectra(blocks).sum(axis=0)
     power /= len(starts) * np.sum(window**2)
     mask = _reflection_mask(side, reciprocal)
     return _fill_masked(power, mask)
@@ -261,7 +252,7 @@ def _transfer(sigma: float, side: int) -> np.ndarray:
     """Transfer function (side × side, FFT order) of ``ndimage.gaussian_filter``'s kernel."""
     if sigma == 0:
         return np.zeros((side, side))
-    kernel = _taps(sigma)
+    kernel = gaussian_taps(sigma)
     x = np.arange(len(kernel)) - len(kernel) // 2
     k = np.fft.fftfreq(side)
     one = kernel @ np.cos(2 * np.pi * np.outer(x, k))
@@ -361,16 +352,17 @@ def choose_residual_sigma(
         )
     residual = y - a
     variance = noise_variance(residual) if spectrum is None else float(np.mean(spectrum))
-    best_sigma, best_risk = 0.0, np.inf
     for sigma in sigmas:
         if sigma < 0:
             raise ValueError(f"residual sigma {sigma} is negative; use values ≥ 0 px")
-        smoothed = _lowpass(residual, sigma)
+    best_sigma, best_risk = 0.0, np.inf
+    # the data term mean((G_s r − r)²) of every bandwidth from one cosine transform
+    for sigma, error in zip(sigmas, lowpass_errors(residual, sigmas, _TRUNCATE), strict=True):
         if spectrum is None:
             passed = variance * _centre_tap(sigma)
         else:
             passed = float(np.mean(_transfer(float(sigma), spectrum.shape[0]) * spectrum))
-        risk = np.mean((smoothed - residual) ** 2) - variance + 2 * passed
+        risk = error - variance + 2 * passed
         if risk < best_risk:
             best_sigma, best_risk = float(sigma), risk
     return best_sigma
@@ -393,7 +385,7 @@ def smoothing_sigma(
     variance = float(np.mean(spectrum))
     best_sigma, best_risk = float(sigmas[0]), np.inf
     for sigma in sigmas:
-        change = ndi.gaussian_filter(y, sigma, mode="reflect", truncate=_TRUNCATE) - y
+        change = gaussian_filter(y, sigma, mode="reflect", truncate=_TRUNCATE) - y
         fit = np.mean(change[where] ** 2) if where is not None else np.mean(change**2)
         passed = float(np.mean(_transfer(float(sigma), spectrum.shape[0]) * spectrum))
         risk = fit - variance + 2 * passed
@@ -414,12 +406,6 @@ def network_excess(residual: np.ndarray, spectrum: np.ndarray) -> float:
     if noise <= 0:
         return float("inf")
     return max(float(np.mean(np.square(residual))) - noise, 0.0) / noise
-
-
-def _lowpass(residual: np.ndarray, sigma: float) -> np.ndarray:
-    if sigma == 0:
-        return np.zeros_like(residual)
-    return ndi.gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE)
 
 
 def apply_residual(
@@ -450,7 +436,7 @@ def apply_residual(
     if sigma == 0:
         residual[...] = 0.0
     else:  # separable: scipy filters line by line through a buffer, so in place is safe
-        ndi.gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE, output=residual)
+        gaussian_filter(residual, sigma, mode="reflect", truncate=_TRUNCATE, output=residual)
         if weight != 1.0:
             residual *= weight
     if overwrite and a is estimate:
@@ -518,7 +504,7 @@ def consistency_correction(
     dtype = np.float32 if single else np.float64
     a = np.asarray(estimate, dtype=dtype)
     mean = np.asarray(noisy, dtype=dtype) - a
-    ndi.gaussian_filter(mean, width, mode="reflect", truncate=_TRUNCATE, output=mean)
+    gaussian_filter(mean, width, mode="reflect", truncate=_TRUNCATE, output=mean)
     z = np.abs(mean) / np.sqrt(variance * _kernel_energy(float(width)))
     z -= threshold
     z /= threshold
@@ -604,8 +590,8 @@ def remove_unsupported(
 
     def unsupported(b):
         residual = np.asarray(noisy, dtype=dtype) - b
-        mean = ndi.gaussian_filter(residual, width, mode="reflect", truncate=_TRUNCATE)
-        mean -= ndi.gaussian_filter(residual, surround * width, mode="reflect", truncate=_TRUNCATE)
+        mean = gaussian_filter(residual, width, mode="reflect", truncate=_TRUNCATE)
+        mean -= gaussian_filter(residual, surround * width, mode="reflect", truncate=_TRUNCATE)
         return -mean > limit, residual
 
     flagged, residual = unsupported(a)
@@ -619,8 +605,8 @@ def remove_unsupported(
         return a.copy()
     reach = max(3, round(0.6 * spacing) | 1)
     mask = ndi.maximum_filter(flagged.astype(dtype), size=reach, mode="constant")
-    mask = ndi.gaussian_filter(mask, 0.1 * spacing, mode="constant", truncate=_TRUNCATE)
-    ndi.gaussian_filter(residual, 0.5 * width, mode="reflect", truncate=_TRUNCATE, output=residual)
+    mask = gaussian_filter(mask, 0.1 * spacing, mode="constant", truncate=_TRUNCATE)
+    gaussian_filter(residual, 0.5 * width, mode="reflect", truncate=_TRUNCATE, output=residual)
     if fallback is not None:  # in flagged spots: fallback + its low-passed residual
         residual += base
         residual -= a

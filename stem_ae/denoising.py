@@ -16,7 +16,6 @@ import math
 from dataclasses import dataclass, replace
 
 import numpy as np
-from scipy import ndimage
 
 from stem_ae._common import WINDOW
 from stem_ae._crystal import (
@@ -33,6 +32,7 @@ from stem_ae._crystal import (
     restore_sites,
     tile_side,
 )
+from stem_ae._filters import gaussian_filter
 from stem_ae._resample import ceil_div, resample
 from stem_ae._residual import (
     CONSISTENCY_SURROUND,
@@ -896,7 +896,7 @@ def _correct(normalized, estimate, origin, plan, strength=None, fractions=None):
         strength = crystal_map(normalized, plan.cell, reciprocal=plan.reciprocal, origin=origin)
     if strength.min() >= 1.0:
         return denoised
-    smooth = ndimage.gaussian_filter(normalized, plan.smooth_sigma, mode="reflect", truncate=4.0)
+    smooth = gaussian_filter(normalized, plan.smooth_sigma, mode="reflect")
     denoised -= smooth
     denoised *= strength
     denoised += smooth

@@ -13,6 +13,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "stem_ae"
 RANKS = {
     "_version": 0,
     "_common": 0,
+    "_filters": 0,
     "simulate": 1,
     "lattice": 1,
     "_residual": 1,
