@@ -504,29 +504,27 @@ def _spacings_text(lattice, pixel_size: float | None) -> str:
     return text
 
 
-def _resampling_factor(lattice, model) -> float:
+def _resampling_factor(lattice, model, contrast=None) -> float:
     """The magnification denoise applies to bring this lattice to the model's sampling."""
     from stem_ae.denoising import _scale_factor
     from stem_ae.model import get_config
 
-    return float(
-        _scale_factor(
-            lattice.dominant_spacing, lattice.second_spacing, *get_config(model).spacing_range
-        )
-    )
+    spacings = lattice.sampling_spacings(dark=contrast == "dark")
+    return float(_scale_factor(*spacings, *get_config(model).spacing_range))
 
 
 def _record(source: Path, model, step: int, lattice, pixel_yx, args, contrast=None) -> dict:
     from stem_ae.io import processing_record
 
+    contrast = contrast or getattr(args, "contrast", None)
     return processing_record(
         "stem_ae.denoise",
         model=model,
         step=step,
-        contrast=contrast or getattr(args, "contrast", None),
+        contrast=contrast,
         residual=getattr(args, "residual", None),
         lattice=lattice,
-        resampling_factor=_resampling_factor(lattice, model),
+        resampling_factor=_resampling_factor(lattice, model, contrast),
         pixel_size=pixel_yx,
         source=source,
         command="stem-ae denoise",
@@ -683,9 +681,7 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
         for index, ((image, meta, lattice), plan) in enumerate(zip(images, plans, strict=True)):
             started = time.perf_counter()
             count = f" ({index + 1}/{len(inputs)})" if len(inputs) > 1 else ""
-            model = models[model_name]
-            factor = _resampling_factor(lattice, model)
-            bar.set_description(f"{meta.path.name}{count}, resampled x{factor:.2g}")
+            bar.set_description(f"{meta.path.name}{count}")
             images[index] = None  # let each input go once it is done
             if image is None:
                 image, _ = _read(meta.path)
@@ -729,6 +725,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                         with filtered_native_stderr():
                             models[used_name] = load_model(used_name)
                 model = models[used_name]
+                factor = _resampling_factor(lattice, model, contrast)
+                bar.set_description(f"{meta.path.name}{count}, resampled x{factor:.2g}")
                 used_step = default_step(model) if step is None else step
                 result = denoise(
                     image,

@@ -562,11 +562,13 @@ def _measure(
     # lattice constant stays a cross-check only (as a prior it made the mixed crystal/amorphous
     # scenes of tests/test_denoising.py read a spurious 46 × 17 px cell)
     lattice = measure_lattice_or_spacing(frames, pixel_size=pixel_size)
-    dominant, second = lattice.dominant_spacing, lattice.second_spacing
     if pixel_size is not None and not lattice.radial_only:
         check_calibration(lattice, pixel_size, lattice_constant)
     if contrast == "auto":
         contrast = "bright" if lattice.radial_only else detect_contrast(frames[0], lattice)
+    # dark columns: the rims make the second order the strongest reflection; the sampling
+    # follows the columns' own repeat (LatticeEstimate.sampling_spacings)
+    dominant, second = lattice.sampling_spacings(dark=contrast == "dark")
     spacing_low, spacing_high = get_config(model).spacing_range
     shape = image.shape[-2:]
     factor = _scale_factor(dominant, second, spacing_low, spacing_high)

@@ -973,6 +973,10 @@ def processing_record(
             "angles_deg": [float(v) for v in lattice.angles],
             "dominant_spacing_px": float(lattice.dominant_spacing),
             "dominant_angle_deg": float(lattice.dominant_angle),
+            # what set the resampling: for dark columns the spacings the rims' orders fold onto
+            "sampling_spacings_px": [
+                float(v) for v in lattice.sampling_spacings(dark=contrast == "dark")
+            ],
         }
     input_record = None
     if source is not None:

@@ -49,6 +49,15 @@ PRIOR_TOLERANCE = 0.10
 """Relative window about the spacings implied by ``lattice_constant`` (``a``, ``a/√2``, ``a/2``,
 ``a·√3/2``) searched first at a lower threshold (as :func:`check_calibration`'s 10 %)."""
 
+FOLD_FRACTION = 0.25
+"""A strongest reflection that is the sum or difference of two shorter lattice reflections, each
+with at least this fraction of its power, is folded onto the stronger of them for
+:attr:`LatticeEstimate.low_order_spacings`. The bright rims of an ABF image (a ring-shaped contrast
+about each dark column) make the second order the strongest: on simulated SrTiO3 [001] ABF
+scenes (``benchmarks/quality.py``, scene ``abf``) the (2, 0) reflection at a/2 outshines the
+(1, 1) at the column spacing a/√2, which still holds 0.3–0.6 of its power; on bright-column images
+the first orders are the strongest and nothing folds."""
+
 _SPLIT_BINS = 8.0  # spacings above tile/8 px are searched on the whole crop's periodogram
 _SEARCH_RADIUS = 4.0  # frequency bins: nearer the origin a ring's background is too uncertain
 _MIN_RADIUS = 3.0  # frequency bins: nearest the origin that a reflection is looked up
@@ -99,6 +108,13 @@ class LatticeEstimate:
         Spacing (px) of the strongest peak of the azimuthally averaged power spectrum over its
         smooth background, NaN when no ring stands out: the size of the lattice spacing
         whatever the orientations (several grains or particles). See :func:`estimate_spacing`.
+    low_order_spacings : tuple of float
+        ``dominant_spacing`` and ``second_spacing`` after folding: where the strongest
+        reflection is the sum or difference of two shorter lattice reflections that each hold
+        at least :data:`FOLD_FRACTION` of its power, the stronger of those takes its place (as
+        often as that applies). Equal to them on bright-column images; longer on ABF images,
+        whose bright rims make the second order the strongest (:meth:`sampling_spacings`).
+        NaN for :meth:`from_spacing`.
     """
 
     reciprocal: np.ndarray
@@ -109,6 +125,19 @@ class LatticeEstimate:
     second_spacing: float
     quality: float
     radial_spacing: float = math.nan
+    low_order_spacings: tuple[float, float] = (math.nan, math.nan)
+
+    def sampling_spacings(self, dark: bool = False) -> tuple[float, float]:
+        """``(dominant, second)`` spacings (px) that set the model's sampling.
+
+        For bright columns, :attr:`dominant_spacing` and :attr:`second_spacing`. For dark
+        columns (``dark=True``: ABF, BF), :attr:`low_order_spacings` where measured: the rims
+        about the columns make a higher order the strongest reflection, and the columns'
+        own repeat is the lower order it folds onto (:data:`FOLD_FRACTION`).
+        """
+        if dark and all(math.isfinite(s) for s in self.low_order_spacings):
+            return self.low_order_spacings
+        return self.dominant_spacing, self.second_spacing
 
     @classmethod
     def from_spacing(cls, spacing: float) -> LatticeEstimate:
@@ -811,10 +840,12 @@ def _assemble(
         ranked = [predicted[k] for k in np.argsort(powers)[::-1]]
         dominant_g = ranked[0]
         second_g = next((q for q in ranked if not _collinear(q, dominant_g)), basis[1])
+        low = [_fold(q, predicted, powers) for q in (dominant_g, second_g)]
     else:
         dominant_g = np.rint(hk[0]) @ basis if good[0] else g[0]
         j = next((k for k in range(len(g)) if not _collinear(g[k], g[0])), 0)
         second_g = np.rint(hk[j]) @ basis if good[j] else g[j]
+        low = [dominant_g, second_g]
     if np.linalg.norm(basis[0]) > np.linalg.norm(basis[1]):
         basis = basis[::-1]
     norms = np.linalg.norm(basis, axis=1)
@@ -826,7 +857,39 @@ def _assemble(
         dominant_angle=_angle(dominant_g),
         second_spacing=float(1 / np.linalg.norm(second_g)),
         quality=float(kept[0].ratio),
+        low_order_spacings=(float(1 / np.linalg.norm(low[0])), float(1 / np.linalg.norm(low[1]))),
     )
+
+
+def _fold(g: np.ndarray, predicted: list[np.ndarray], powers: list[float]) -> np.ndarray:
+    """Fold ``g`` onto lower orders while it is ``±p ± q`` of two shorter reflections among
+    ``predicted`` (powers ``powers``) that each hold :data:`FOLD_FRACTION` of its power; each
+    fold takes the stronger of the pair (see :attr:`LatticeEstimate.low_order_spacings`)."""
+    vectors = np.asarray(predicted, float)
+    power = np.asarray(powers, float)
+    norms = np.linalg.norm(vectors, axis=1)
+    for _ in range(len(predicted)):
+        k = int(np.argmin(np.abs(vectors - g).sum(axis=1)))
+        tolerance = 1e-6 * norms[k]
+        if np.abs(vectors[k] - g).max() > tolerance:  # not a predicted reflection: kept
+            return g
+        shorter = np.flatnonzero(
+            (norms < norms[k] * (1 - 1e-6)) & (power >= FOLD_FRACTION * power[k])
+        )
+        best = None
+        for i in shorter:
+            for j in shorter:
+                for sign in (1.0, -1.0):
+                    combined = vectors[i] + sign * vectors[j]
+                    if min(np.abs(combined - g).max(), np.abs(combined + g).max()) > tolerance:
+                        continue
+                    stronger = i if power[i] >= power[j] else j
+                    if best is None or min(power[i], power[j]) > best[0]:
+                        best = (min(power[i], power[j]), stronger)
+        if best is None:
+            return g
+        g = vectors[best[1]]
+    return g
 
 
 def _whitened_power(whitened: list[np.ndarray], g: np.ndarray) -> float:

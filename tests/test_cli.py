@@ -552,6 +552,22 @@ def test_denoise_dark_contrast_and_crystal_map(tmp_path, tiny_model):
         "bright",
     )
     assert forced.returncode == 0 and "bright columns" in forced.stdout + forced.stderr
+    # dark: sampled at the columns' own spacing, which the rims' stronger second order hides
+    from stem_ae.denoising import _scale_factor
+    from stem_ae.model import get_config, load_model
+
+    _, forced_meta = read_image(tmp_path / "forced.tif")
+    spacing_range = get_config(load_model(tiny_model)).spacing_range
+    for record in (meta.processing, forced_meta.processing):
+        lattice = record["lattice"]
+        assert record["resampling_factor"] == pytest.approx(
+            _scale_factor(*lattice["sampling_spacings_px"], *spacing_range)
+        )
+    dark_spacing = meta.processing["lattice"]["sampling_spacings_px"][0]
+    assert dark_spacing > 1.2 * meta.processing["lattice"]["dominant_spacing_px"]
+    assert forced_meta.processing["lattice"]["sampling_spacings_px"][0] == pytest.approx(
+        forced_meta.processing["lattice"]["dominant_spacing_px"]
+    )
     assert_bad_input(
         run("denoise", source, "-o", tmp_path / "x.tif", "--contrast", "abf"), "--contrast"
     )

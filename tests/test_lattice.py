@@ -302,3 +302,40 @@ def test_refine_peak_finds_the_dft_maximum_between_the_bins():
     ex = np.exp(-2j * np.pi * np.outer(start[1] + offsets, np.arange(side)))
     grid = sum(np.abs(ey @ crop.astype(complex) @ ex.T) ** 2 for crop in crops)
     assert power == pytest.approx(grid.max(), rel=1e-9)
+
+
+@pytest.mark.parametrize("pixel_size", [0.1, 0.2, 0.3])
+def test_low_order_spacings_fold_the_rims_second_order_onto_the_columns_spacing(pixel_size):
+    # ABF-like scenes: the bright rims about the dark columns make the (2, 0) reflection at a/2
+    # the strongest; the columns repeat at a/sqrt(2), which the bright scene's strongest
+    # reflection gives, and which the fold recovers. A bright scene has nothing to fold.
+    from stem_ae.simulate import simulate_scene
+
+    dark = simulate_scene((192, 192), pixel_size=pixel_size, dose=16.0, contrast="dark", rng=3)
+    bright = simulate_scene((192, 192), pixel_size=pixel_size, dose=16.0, rng=3)
+    columns = bright.lattice.dominant_spacing()
+    dark_lattice, bright_lattice = estimate_lattice(dark.noisy), estimate_lattice(bright.noisy)
+    assert dark_lattice.dominant_spacing < 0.8 * columns
+    for spacing in dark_lattice.low_order_spacings:
+        assert abs(spacing / columns - 1) < 0.02
+    assert dark_lattice.sampling_spacings(dark=True) == dark_lattice.low_order_spacings
+    dominant = (dark_lattice.dominant_spacing, dark_lattice.second_spacing)
+    assert dark_lattice.sampling_spacings() == dominant
+    assert bright_lattice.low_order_spacings == (
+        bright_lattice.dominant_spacing,
+        bright_lattice.second_spacing,
+    )
+
+
+def test_fold_needs_both_shorter_reflections_strong():
+    from stem_ae.lattice import FOLD_FRACTION, _fold
+
+    g1, g2 = np.array([0.05, 0.05]), np.array([0.05, -0.05])
+    predicted = [g1, g2, g1 + g2, g1 - g2]
+    strong = [0.5, 0.4, 1.0, 1.0]
+    np.testing.assert_array_equal(_fold(g1 + g2, predicted, strong), g1)  # the stronger one
+    weak = [0.5, 0.9 * FOLD_FRACTION, 1.0, 1.0]
+    np.testing.assert_array_equal(_fold(g1 + g2, predicted, weak), g1 + g2)
+    np.testing.assert_array_equal(_fold(g1, predicted, strong), g1)  # nothing shorter
+    outside = np.array([0.3, 0.0])  # not one of the predicted reflections: kept
+    np.testing.assert_array_equal(_fold(outside, predicted, strong), outside)
