@@ -653,13 +653,14 @@ inverse image and returned in their own contrast), or ``"auto"``: dark when the 
 of the image dips more than it rises (:func:`stem_ae._crystal.cell_asymmetry`)."""
 
 DARK_MODEL = "general_conv"
-"""What ``model=None`` uses for a dark-column image. The dense ``general`` paints the plateau
-between the dark rims of an ABF image as weak columns: on the simulated ABF scenes of
-``benchmarks/quality.py`` (0.2 Å/px) it leaves 71 % and 91 % of its columns off the lattice at
-16 and 64 counts/px, ``general_conv`` 34 % and 7 % (raw 16 % and 12 %), with a lower position
-error (9.1 and 4.2 pm against 10.5 and 4.3) and fewer vacancies filled (44 % and 12 % against
-46 % and 41 %); on the real ABF image of ``benchmarks/real.py`` it fits the lattice better
-(0.4165 px against 0.4227, sites kept 98 % either way)."""
+"""What ``model=None`` uses for a dark-column image. On the simulated ABF scenes of
+``benchmarks/quality.py`` (0.2 Å/px), sampled at the columns' own spacing
+(:meth:`stem_ae.lattice.LatticeEstimate.sampling_spacings`), it invents 22, 11 and 4 % of the
+columns at 4, 16 and 64 counts/px (raw 28, 16 and 12 %) and the dense ``general`` 21, 5 and 4 %,
+but the dense network's position error is larger (29.0, 14.5 and 6.0 pm against 23.3, 10.8 and
+5.0) and its PSNR 0.4–4.7 dB lower, with more vacancies filled (42–60 % against 18–35 %). Sampled
+by the rims' stronger second order, as before, the dense network painted the plateau between
+the dark rims as columns (68 and 90 % invented at 16 and 64 counts/px)."""
 
 
 DEFAULT_STEPS = {"dense": 3, "conv": 2}
