@@ -95,6 +95,27 @@ METHOD_COLORS: dict[str, str] = {
     "crlb": "#000000",
 }
 
+# the colours a method without one of its own takes, in turn: tab20 without the colours above
+_SPARE = "#aec7e8 #ff7f0e #ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #e377c2 #f7b6d2 #c7c7c7 #bcbd22"
+_SPARE_COLORS = tuple(
+    c for c in (_SPARE + " #dbdb8d #17becf #9edae5").split() if c not in METHOD_COLORS.values()
+)
+
+
+def _method_colors(names: Sequence[str]) -> list[str]:
+    """A colour per method name: :data:`METHOD_COLORS` where it has one (any case), else the
+    next of the spare colours, so that no two lines of one plot share a colour (while there
+    are spare colours; then they repeat)."""
+    colors, spare = [], 0
+    for name in names:
+        fixed = METHOD_COLORS.get(name, METHOD_COLORS.get(name.lower()))
+        if fixed is None:
+            fixed = _SPARE_COLORS[spare % len(_SPARE_COLORS)]
+            spare += 1
+        colors.append(fixed)
+    return colors
+
+
 _UNCERTAINTY_CMAP = "magma"
 _MAP_CMAP = "coolwarm"
 _NICE_STEPS = (1.0, 2.0, 5.0)
@@ -724,8 +745,9 @@ def plot_elongation_profile(
     order = np.argsort(truth_x)
     ax.plot(truth_x[order], truth[order], color="black", label=labels[1], zorder=1)
     markers = "osD^v"
+    colors = _method_colors(list(series))
     for k, (name, (where, values)) in enumerate(series.items()):
-        color = METHOD_COLORS.get(name, f"C{k}")
+        color = colors[k]
         ax.plot(where, values, markers[k % 5], color=color, label=name, mfc="none", zorder=2)
     ax.axvline(0.0, color="0.7", linewidth=0.8, linestyle="--", zorder=0)
     ax.set_xlabel(xlabel)
@@ -823,6 +845,7 @@ def plot_benchmark(
     fig, ax = _axes(ax, 3.4, 2.6)
     levels = np.unique(doses)
     names = list(dict.fromkeys(methods.tolist()))
+    colors = _method_colors(names)
     for k, name in enumerate(names):
         rows = methods == name
         means = [
@@ -830,7 +853,7 @@ def plot_benchmark(
         ]
         xs = [d for d in levels if (rows & (doses == d)).any()]
         label = (labels or {}).get(name, name)
-        ax.plot(xs, means, "o-", color=METHOD_COLORS.get(name.lower(), f"C{k}"), label=label)
+        ax.plot(xs, means, "o-", color=colors[k], label=label)
     if crlb is not None:
         bound = _column(table, crlb).astype(np.float64)
         values = [np.nanmean(bound[doses == d]) for d in levels]

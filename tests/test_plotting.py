@@ -216,6 +216,24 @@ def test_plot_benchmark_averages_repeats_on_log_axes_with_crlb():
         plotting.plot_benchmark(table | {"dose": [0, 1, 16, 16] * 2})
 
 
+def test_plot_benchmark_gives_every_method_its_own_colour():
+    from matplotlib.colors import to_hex
+
+    # the fixed colours for the usual methods, spare ones (never a fixed one) for the rest: the
+    # matplotlib cycle drew general_conv in paper's blue and a fourteenth method in BM3D's red
+    names = ["noisy", "bm3d", "paper", "general"] + [f"variant_{k}" for k in range(9)]
+    table = {
+        "method": names,
+        "dose": [1.0] * len(names),
+        "position_error_pm": np.arange(1.0, len(names) + 1),
+    }
+    figure = plotting.plot_benchmark(table, crlb=None)
+    lines = {line.get_label(): line for line in figure.axes[0].get_lines()}
+    colors = [to_hex(lines[name].get_color()) for name in names]
+    assert len(set(colors)) == len(names)
+    assert lines["bm3d"].get_color() == plotting.METHOD_COLORS["bm3d"]
+
+
 def test_plot_benchmark_reads_a_structured_array(tmp_path):
     path = tmp_path / "quality.csv"
     path.write_text("method,dose,position_error_pm\nnoisy,1,30\nnoisy,4,15\npaper,1,12\n")
