@@ -85,7 +85,7 @@ from stem_ae.analysis import (
     ssim,
 )
 from stem_ae.io import _atomic_write
-from stem_ae.plotting import METHOD_COLORS
+from stem_ae.plotting import _method_colors
 from stem_ae.simulate import REGIONS, NoiseModel, simulate_mixed_scene, simulate_scene
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -644,6 +644,9 @@ def plot(by_case, methods, path):
     sizes = sorted({r["pixel_size"] for r in by_case})
     size_in = (max(4.2 * len(sizes), 7.0), 4.6)
     fig, axes = plt.subplots(1, len(sizes), figsize=size_in, squeeze=False)
+    # a colour per method; a "_clean" diagnostic takes its method's colour, dotted
+    own = [m for m in methods if not m.endswith("_clean")]
+    colors = dict(zip(own, _method_colors(own), strict=True))
     for ax, size in zip(axes[0], sizes, strict=True):
         rows = [r for r in by_case if r["pixel_size"] == size]
         doses = sorted({r["dose"] for r in rows})
@@ -652,7 +655,7 @@ def plot(by_case, methods, path):
             pts = sorted(p for p in pts if np.isfinite(p[1]))
             if pts:
                 style = {"linestyle": ":", "marker": "x"} if method.endswith("_clean") else {}
-                color = METHOD_COLORS.get(method.removesuffix("_clean"))
+                color = colors.get(method.removesuffix("_clean"))
                 ax.plot(
                     *zip(*pts, strict=True),
                     **{"marker": "o", **style},
@@ -671,10 +674,11 @@ def plot(by_case, methods, path):
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].set_ylabel("column position error (pm, RMS per axis)")
     handles, labels = axes[0][0].get_legend_handles_labels()
-    ncol = 4 if len(sizes) > 1 else 2
+    ncol = 3 if len(sizes) > 1 else 2
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / ncol), 1, 1))
-    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=130, format="png"), overwrite=True)
+    save = lambda tmp: fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight")  # noqa: E731
+    _atomic_write(path, save, overwrite=True)
     plt.close(fig)
 
 
