@@ -51,13 +51,15 @@ CONSISTENCY_SURROUND = 2.0
 as a multiple of that average's width: the test sees a column-sized bump, not a smooth offset."""
 
 UNSUPPORTED_MIN_LOWPASS = 0.8
-"""Narrowest low-pass (px) of the data that :func:`remove_unsupported` puts back in a flagged spot.
-The data go back low-passed by half the test's width (0.1 × the spacing); at a coarse sampling
-(spacings under 8 px) that width leaves the pixel noise, and a noise spike in an otherwise smooth
-output is found as a column: on the coarse scenes of ``benchmarks/coarse.py`` (0.6 Å/px, a 4.6
-px spacing) 23 % and 32 % of the vacancies were filled at 16 and 4 counts/px. There the flagged
-spot takes the data low-passed by this width instead (0.8 % and 8 % filled; 1.0 px: 0.8 % and
-6 %)."""
+"""What ``denoise`` passes as :func:`remove_unsupported`'s ``min_lowpass`` (px) for a dense
+network. The data go back into a flagged spot low-passed by half the test's width (0.1 × the
+spacing); at a coarse sampling (spacings under 8 px) that leaves the pixel noise, and a noise
+spike in an otherwise smooth output is found as a column: on the coarse scenes of
+``benchmarks/coarse.py`` (0.6 Å/px, a 4.6 px spacing) the dense ``general`` left 23 % and 32 %
+of the vacancies filled at 16 and 4 counts/px; with the data low-passed by 0.8 px there, 0.8 %
+and 8 % (1.0 px: 0.8 % and 6 %). The convolutional network paints no vacancy (0–2 % filled
+either way) and lost up to 1.4 dB to it (its flagged spots are the test's false alarms, where
+the smoothed data are worse than its output), so it keeps 0."""
 
 
 @cache
@@ -533,6 +535,7 @@ def remove_unsupported(
     surround: float = CONSISTENCY_SURROUND,
     *,
     fallback: np.ndarray | None = None,
+    min_lowpass: float = 0.0,
 ) -> np.ndarray:
     """Take out what the estimate shows and the data do not: a column painted into a vacancy.
 
@@ -570,6 +573,9 @@ def remove_unsupported(
         An estimate without the additions of ``estimate`` (the network's output before its
         periodic error was added): a spot flagged in either is corrected from it, so what was
         added at a vacancy goes too.
+    min_lowpass : float
+        Where half of ``width`` is narrower than this (px), a flagged spot takes the data
+        low-passed by this width instead (no pixel noise put back; :data:`UNSUPPORTED_MIN_LOWPASS`).
 
     Returns
     -------
@@ -615,10 +621,10 @@ def remove_unsupported(
     reach = max(3, round(0.6 * spacing) | 1)
     mask = ndi.maximum_filter(flagged.astype(dtype), size=reach, mode="constant")
     mask = gaussian_filter(mask, 0.1 * spacing, mode="constant", truncate=_TRUNCATE)
-    if 0.5 * width < UNSUPPORTED_MIN_LOWPASS:  # coarse sampling: the data, without pixel noise
+    if 0.5 * width < min_lowpass:  # coarse sampling: the data, without their pixel noise
         residual = gaussian_filter(
             np.asarray(noisy, dtype=dtype),
-            UNSUPPORTED_MIN_LOWPASS,
+            min_lowpass,
             mode="reflect",
             truncate=_TRUNCATE,
         )

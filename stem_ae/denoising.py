@@ -39,6 +39,7 @@ from stem_ae._residual import (
     CONSISTENCY_THRESHOLD,
     CONSISTENCY_WIDTH,
     RESIDUAL_SIGMAS,
+    UNSUPPORTED_MIN_LOWPASS,
     apply_residual,
     choose_residual_sigma,
     consistency_correction,
@@ -141,6 +142,7 @@ class _Plan:
     site_nn: float = 0.0  # nearest-neighbour column distance of the motif, input px
     lattice: LatticeEstimate | None = None  # as measured (input px), kept for the caller
     periodic: np.ndarray | None = None  # the network's error per cell bin ("periodic"), _correct
+    min_lowpass: float = 0.0  # remove_unsupported's narrowest put-back low-pass, px (dense)
 
     @property
     def cell(self) -> float:
@@ -167,7 +169,7 @@ class _Plan:
             reach = CONSISTENCY_SURROUND if self.auto else 1.0  # and its surround
             halo_in += 4 * CONSISTENCY_WIDTH * reach * self.spacing
             if self.auto:  # remove_unsupported widens a flagged spot and smooths it
-                halo_in += 1.2 * self.spacing
+                halo_in += 1.2 * self.spacing + 4 * self.min_lowpass
         if self.periodic is not None:  # local_fractions' phase low-pass
             halo_in += 4 * PHASE_WIDTH * self.cell
         if self.erased:  # restore_sites' low-pass
@@ -835,6 +837,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         erased=tuple(map(tuple, erased)),
         site_nn=site_nn,
         periodic=periodic if residual == "periodic" else None,
+        min_lowpass=UNSUPPORTED_MIN_LOWPASS if runner.architecture == "dense" else 0.0,
     )
     if not (image.ndim == 2 and frame.shape == image.shape and not lazy):
         return plan, None
@@ -974,6 +977,7 @@ def _consistency(normalized, estimate, plan, fallback=None):
                 plan.threshold,
                 plan.spacing,
                 fallback=fallback,
+                min_lowpass=plan.min_lowpass,
             )
         return consistency_correction(
             normalized, estimate, width, plan.noise_variance, plan.threshold

@@ -289,7 +289,8 @@ def test_remove_unsupported_corrects_flagged_spots_from_the_fallback_and_leaves_
 def test_remove_unsupported_puts_back_data_without_pixel_noise_at_coarse_sampling():
     # a 4.6 px spacing (0.6 Å/px SrTiO3): half the test's width is 0.46 px, which put the pixel
     # noise back into painted vacancies (RMS error 0.13 there for a noise of 0.15; the spikes
-    # were found as columns); the data go back low-passed by UNSUPPORTED_MIN_LOWPASS instead
+    # were found as columns); for a dense network the data go back low-passed by
+    # UNSUPPORTED_MIN_LOWPASS instead
     from stem_ae._residual import UNSUPPORTED_MIN_LOWPASS, remove_unsupported
 
     rng = np.random.default_rng(8)
@@ -308,11 +309,16 @@ def test_remove_unsupported_puts_back_data_without_pixel_noise_at_coarse_samplin
     truth -= painted  # nine vacancies
     noisy = truth + rng.normal(0, sd, truth.shape)
     estimate = truth + painted  # the network painted a column into each
-    fixed = remove_unsupported(noisy, estimate, width, sd**2, 4.0, spacing)
+    fixed = remove_unsupported(
+        noisy, estimate, width, sd**2, 4.0, spacing, min_lowpass=UNSUPPORTED_MIN_LOWPASS
+    )
     near = np.zeros(truth.shape, bool)
     for hole in holes:
         near |= np.hypot(y - hole[0], x - hole[1]) <= 1.5
     error = fixed[near] - truth[near]
+    # without the floor (min_lowpass=0, what general_conv gets) the noise comes back
+    narrow = remove_unsupported(noisy, estimate, width, sd**2, 4.0, spacing)
+    assert np.sqrt(np.mean((narrow[near] - truth[near]) ** 2)) > 0.7 * sd
     assert np.abs(error).max() < 0.2  # the painted columns are gone, no spike left
     assert np.sqrt(np.mean(error**2)) < 0.5 * sd  # the data came back without pixel noise
     far = np.ones(truth.shape, bool)
