@@ -677,8 +677,11 @@ def plot(by_case, methods, path):
     ncol = 3 if len(sizes) > 1 else 2
     fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0.06 * math.ceil(len(labels) / ncol), 1, 1))
-    save = lambda tmp: fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight")  # noqa: E731
-    _atomic_write(path, save, overwrite=True)
+    _atomic_write(
+        path,
+        lambda tmp: fig.savefig(tmp, dpi=130, format="png", bbox_inches="tight"),
+        overwrite=True,
+    )
     plt.close(fig)
 
 

@@ -622,12 +622,8 @@ def remove_unsupported(
     mask = ndi.maximum_filter(flagged.astype(dtype), size=reach, mode="constant")
     mask = gaussian_filter(mask, 0.1 * spacing, mode="constant", truncate=_TRUNCATE)
     if 0.5 * width < min_lowpass:  # coarse sampling: the data, without their pixel noise
-        residual = gaussian_filter(
-            np.asarray(noisy, dtype=dtype),
-            min_lowpass,
-            mode="reflect",
-            truncate=_TRUNCATE,
-        )
+        residual[...] = noisy  # the buffer reused (the filter runs through one of its own)
+        gaussian_filter(residual, min_lowpass, mode="reflect", truncate=_TRUNCATE, output=residual)
         residual -= a
     else:
         gaussian_filter(residual, 0.5 * width, mode="reflect", truncate=_TRUNCATE, output=residual)
