@@ -93,6 +93,15 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
     # compression, a learned local filter); 16 or 8 channels force a code of 784 or 392.
     "conv_24_48_c16": _conv((24, 48), 16, " (code 7 × 7 × 16 = 784)"),
     "conv_24_48_c8": _conv((24, 48), 8, " (code 7 × 7 × 8 = 392)"),
+    # A global code between convolutional layers (``dense_code``): every output pixel sees the
+    # whole window, as in the dense AE, whose multi-cell view keeps the real images' columns
+    # on their lattice, while the layers next to the pixels stay convolutional (no dense floor?).
+    "conv_24_48_d256": _conv(
+        (24, 48), 48, ", dense code 256 (7 × 7 × 48 → 256 → 7 × 7 × 48)", dense_code=256
+    ),
+    "conv_24_48_d128": _conv(
+        (24, 48), 32, ", dense code 128 (7 × 7 × 32 → 128 → 7 × 7 × 32)", dense_code=128
+    ),
 }
 
 
@@ -274,6 +283,14 @@ def table(records: dict) -> str:
             "‡ From the first run of this protocol (the same pool, test windows and code, a "
             "budget of 240 s; s at 1024², and windows seen by the stopped conv run, not recorded "
             "then). The earlier dense `general` took 8.6–9.3 s at 1024² (step 2) on the AMD EPYC.",
+        ]
+    cpus = {_cpu(row) for row in records.values()}
+    if {"Intel Xeon", "Intel Xeon 2.00GHz"} <= cpus:
+        lines += [
+            "",
+            "CPUs: `Intel Xeon 2.00GHz` has AVX-512 without AMX or AVX512-BF16; `Intel Xeon` "
+            "(model name `Intel(R) Xeon(R) Processor`) has AMX. Both train in float32 here, so "
+            "their budgets compare only roughly: compare rows of one CPU.",
         ]
     real = real_table({**records, **shipped})
     if real:

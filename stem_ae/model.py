@@ -124,6 +124,13 @@ class AEConfig:
         less on where a column falls on the stride grid. Measured worse for the shipped size
         (31.5 against 35.7 dB on noise-free windows, ``benchmarks/results/ablation_general.md``);
         kept so that the ablation row can be reproduced.
+    dense_code : int
+        ``"conv"`` only: when > 0, a fully connected code of this many units between the
+        convolutional encoder and decoder (``Flatten → Dense(dense_code) → Dense → Reshape`` at
+        the code level), so that every output pixel depends on the whole window, as in a dense
+        AE, while the layers next to the pixels stay convolutional. Such a network is no longer
+        equivariant to shifts (:attr:`period` 1) and runs through the floating window on windows
+        (no whole-band fast path). 0 (the default): none.
 
     Raises
     ------
@@ -152,6 +159,7 @@ class AEConfig:
     training: dict = field(default_factory=dict)
     architecture: str = "dense"
     antialias: bool = False
+    dense_code: int = 0
 
     def __post_init__(self) -> None:
         _check_count("window", self.window, minimum=_MIN_WINDOW)
@@ -173,6 +181,12 @@ class AEConfig:
         object.__setattr__(self, "antialias", bool(self.antialias))
         if self.antialias and not conv:
             raise ValueError("antialias=True needs architecture='conv'; a dense AE has no stride")
+        _check_count("dense_code", self.dense_code, minimum=0)
+        object.__setattr__(self, "dense_code", int(self.dense_code))
+        if self.dense_code and not conv:
+            raise ValueError(
+                "dense_code needs architecture='conv'; a dense AE's code is already dense (code=)"
+            )
         if not conv and any(later > earlier for earlier, later in itertools.pairwise(encoder)):
             raise ValueError(
                 f"encoder widths must not increase towards the code, got {encoder}; "
@@ -250,7 +264,7 @@ class AEConfig:
         A ``"conv"`` network halves the resolution ``len(encoder)`` times: shifting its input by
         a multiple of the period shifts its output by the same amount (away from the borders).
         """
-        return 2 ** len(self.encoder) if self.architecture == "conv" else 1
+        return 2 ** len(self.encoder) if self.architecture == "conv" and not self.dense_code else 1
 
     @property
     def n_parameters(self) -> int:
@@ -265,6 +279,9 @@ class AEConfig:
             total = sum((CONV_KERNEL**2 * n_in + 1) * n_out for n_in, n_out in channels)
             if self.antialias:  # the fixed blurs' taps, one 3 × 3 per channel (not trained)
                 total += BLUR_TAPS.size * 2 * sum(self.encoder)
+            if self.dense_code:  # Dense(flat -> dense_code) and Dense(dense_code -> flat)
+                flat = (self.window // 2 ** len(self.encoder)) ** 2 * self.code
+                total += (flat + 1) * self.dense_code + (self.dense_code + 1) * flat
             return total
         widths = [self.window**2, *self.encoder, self.code, *self.encoder[::-1], self.window**2]
         return sum((n_in + 1) * n_out for n_in, n_out in itertools.pairwise(widths))
@@ -281,6 +298,8 @@ class AEConfig:
             del data["architecture"]
         if not data["antialias"]:
             del data["antialias"]
+        if not data["dense_code"]:
+            del data["dense_code"]
         data["encoder"] = list(self.encoder)
         data["training"] = json.loads(json.dumps(self.training))
         return data
@@ -331,7 +350,8 @@ def build_autoencoder(config: AEConfig | None = None) -> keras.Sequential:
         ``Input → Reshape((w, w, 1)) → Conv2D(e0) → [Conv2D(e1, stride 2) → Conv2D(e1)] … →
         Conv2D(c, stride 2) → Conv2D(c) → [Conv2DTranspose(e, stride 2) → Conv2D(e)] for e in
         reversed levels → Conv2D(1, output_activation) → Reshape((w, w))``, every kernel 3 × 3,
-        "same" padding.
+        "same" padding; ``dense_code=d`` inserts ``Flatten → Dense(d) → Dense → Reshape`` after
+        the code's ``Conv2D(c)``.
 
     Examples
     --------
@@ -393,6 +413,14 @@ def _conv_stack(config: AEConfig) -> list:
         name = "code" if index == len(levels) else f"encoder_{index}"
         stack += [blur(f"{name}_blur")] if config.antialias else []
         stack += [conv(width, f"{name}_down", strides=2), conv(width, name)]
+    if config.dense_code:  # a global code: every output pixel sees the whole window
+        side = window // 2 ** len(config.encoder)
+        stack += [
+            layers.Flatten(name="code_flatten"),
+            layers.Dense(config.dense_code, activation=act, name="code_dense"),
+            layers.Dense(side * side * config.code, activation=act, name="code_expand"),
+            layers.Reshape((side, side, config.code), name="code_reshape"),
+        ]
     for index, width in enumerate(config.encoder[::-1]):
         stack.append(
             layers.Conv2DTranspose(

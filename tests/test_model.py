@@ -113,6 +113,36 @@ def test_antialias_puts_a_fixed_binomial_blur_around_every_stride():
         AEConfig(architecture="conv", encoder=(8, 16), antialias="yes")
 
 
+def test_dense_code_puts_a_global_code_between_the_convolutions():
+    config = AEConfig(window=48, encoder=(4, 6), code=3, architecture="conv", dense_code=10)
+    model = build_autoencoder(config)
+    names = [layer.name for layer in model.layers]
+    start = names.index("code") + 1
+    assert names[start : start + 4] == ["code_flatten", "code_dense", "code_expand", "code_reshape"]
+    assert model.get_layer("code_dense").units == 10
+    assert model.get_layer("code_expand").units == 12 * 12 * 3  # back to the code's 12 × 12 × 3
+    assert model.output_shape == (None, 48, 48)
+    assert model.count_params() == config.n_parameters
+    # every output pixel now depends on every input pixel: a change in one corner moves the other
+    keras.utils.set_random_seed(0)
+    windows = np.random.default_rng(0).normal(size=(1, 48, 48)).astype(np.float32)
+    moved = windows.copy()
+    moved[0, 0, 0] += 5.0
+    difference = np.abs(model(moved).numpy() - model(windows).numpy())[0]
+    assert difference[-4:, -4:].max() > 0
+    plain = build_autoencoder(AEConfig(window=48, encoder=(4, 6), code=3, architecture="conv"))
+    local = np.abs(plain(moved).numpy() - plain(windows).numpy())[0]
+    assert local[-4:, -4:].max() == 0  # the plain conv AE's reach ends before the far corner
+    # no longer shift-equivariant, so no stride period; the field round-trips and is optional
+    assert config.period == 1
+    assert AEConfig.from_dict(config.to_dict()) == config
+    assert "dense_code" not in AEConfig(architecture="conv", encoder=(8, 16)).to_dict()
+    with pytest.raises(ValueError, match="dense_code needs architecture='conv'"):
+        AEConfig(dense_code=16)
+    with pytest.raises(ValueError, match="dense_code must be an integer >= 0"):
+        AEConfig(architecture="conv", encoder=(8, 16), dense_code=-1)
+
+
 def test_conv_config_needs_a_window_divisible_by_its_period():
     with pytest.raises(ValueError, match=r"divisible by 2\*\*len\(encoder\) = 8.*window=24"):
         AEConfig(window=28, encoder=(8, 16, 16), code=16, architecture="conv")
