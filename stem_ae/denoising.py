@@ -38,6 +38,7 @@ from stem_ae._residual import (
     CONSISTENCY_SURROUND,
     CONSISTENCY_THRESHOLD,
     CONSISTENCY_WIDTH,
+    PEAK_THRESHOLD,
     RESIDUAL_SIGMAS,
     UNSUPPORTED_MIN_LOWPASS,
     apply_residual,
@@ -143,6 +144,7 @@ class _Plan:
     lattice: LatticeEstimate | None = None  # as measured (input px), kept for the caller
     periodic: np.ndarray | None = None  # the network's error per cell bin ("periodic"), _correct
     min_lowpass: float = 0.0  # remove_unsupported's narrowest put-back low-pass, px (dense)
+    peak_threshold: float | None = None  # remove_unsupported's bar at the network's columns
 
     @property
     def cell(self) -> float:
@@ -838,6 +840,10 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         site_nn=site_nn,
         periodic=periodic if residual == "periodic" else None,
         min_lowpass=UNSUPPORTED_MIN_LOWPASS if runner.architecture == "dense" else 0.0,
+        # a dense network at a coarse sampling: a painted column stands ~3σ above the data
+        peak_threshold=PEAK_THRESHOLD
+        if runner.architecture == "dense" and 0.5 * width < UNSUPPORTED_MIN_LOWPASS
+        else None,
     )
     if not (image.ndim == 2 and frame.shape == image.shape and not lazy):
         return plan, None
@@ -978,6 +984,7 @@ def _consistency(normalized, estimate, plan, fallback=None):
                 plan.spacing,
                 fallback=fallback,
                 min_lowpass=plan.min_lowpass,
+                peak_threshold=plan.peak_threshold,
             )
         return consistency_correction(
             normalized, estimate, width, plan.noise_variance, plan.threshold

@@ -286,6 +286,55 @@ def test_remove_unsupported_corrects_flagged_spots_from_the_fallback_and_leaves_
     assert np.array_equal(kept, clean)
 
 
+def test_remove_unsupported_peak_threshold_holds_at_the_estimates_columns_only():
+    # a column painted into a vacancy at 3.4σ: the whole image's 4σ bar keeps it; the 3σ bar
+    # at the estimate's own columns (PEAK_THRESHOLD) takes it out, and the same 3.4σ
+    # disagreement between columns (no peak of the estimate there) is left alone
+    from stem_ae._residual import (
+        CONSISTENCY_SURROUND,
+        PEAK_THRESHOLD,
+        UNSUPPORTED_MIN_LOWPASS,
+        _surround_energy,
+        remove_unsupported,
+    )
+
+    y, x = np.mgrid[:128, :128].astype(float)
+    spacing = 4.6
+    width = 0.2 * spacing
+
+    def column(cy, cx):
+        return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 0.75**2))
+
+    centres = np.arange(2.3, 128, spacing)
+    truth = sum(column(cy, cx) for cy in centres for cx in centres)
+    hole = (centres[13], centres[13])
+    gap = (centres[6] + spacing / 2, centres[6] + spacing / 2)  # a cell's centre, 3.3 px off
+    painted = column(*hole)
+    data = truth - painted - column(*gap)  # a vacancy, and a dip the estimate does not show
+    estimate = truth
+    # the noise variance that puts both disagreements at 3.4σ of the test
+    residual = -column(*hole)
+    mean = ndi.gaussian_filter(residual, width) - ndi.gaussian_filter(
+        residual, CONSISTENCY_SURROUND * width
+    )
+    z_per_sd = -mean[round(hole[0]), round(hole[1])]
+    variance = (z_per_sd / 3.4) ** 2 / _surround_energy(width, CONSISTENCY_SURROUND)
+    kwargs = dict(min_lowpass=UNSUPPORTED_MIN_LOWPASS)
+    near_hole = np.hypot(y - hole[0], x - hole[1]) <= 1.0
+    near_gap = np.hypot(y - gap[0], x - gap[1]) <= 1.0
+
+    plain = remove_unsupported(data, estimate, width, variance, 4.0, spacing, **kwargs)
+    np.testing.assert_array_equal(plain, estimate)  # nothing at 4σ
+    fixed = remove_unsupported(
+        data, estimate, width, variance, 4.0, spacing, peak_threshold=PEAK_THRESHOLD, **kwargs
+    )
+    assert fixed[near_hole].max() < 0.5 * estimate[near_hole].max()  # the painted column went
+    np.testing.assert_array_equal(fixed[near_gap], estimate[near_gap])  # not a column: kept
+    # a 3σ bar everywhere would have taken the gap too
+    everywhere = remove_unsupported(data, estimate, width, variance, 3.0, spacing, **kwargs)
+    assert np.abs(everywhere[near_gap] - estimate[near_gap]).max() > 0.05
+
+
 def test_remove_unsupported_puts_back_data_without_pixel_noise_at_coarse_sampling():
     # a 4.6 px spacing (0.6 Å/px SrTiO3): half the test's width is 0.46 px, which put the pixel
     # noise back into painted vacancies (RMS error 0.13 there for a noise of 0.15; the spikes
