@@ -366,19 +366,20 @@ def test_coarse_sampling_invents_no_column():
     assert match.invented <= 0.01 and match.found >= 0.98
 
 
-@pytest.mark.slow
-def test_coarse_sampling_takes_out_columns_painted_into_vacancies_at_one_count(monkeypatch):
-    # 0.5 Å/px (spacing ≈ 5.5 px), 1 count/px: a painted column stands ~3σ above the data, under
-    # the image's 4σ bar; PEAK_THRESHOLD tests the network's own columns at 3σ (41 % of the
-    # vacancies filled without it, 14 % with it, 65 % by the network alone on this scene)
+def _vacancy_scene(pixel_size, dose):
+    """A scene with 10 % vacancies and its scorer: ``image -> (vacancies filled, found)``."""
     from scipy.spatial import cKDTree
 
-    import stem_ae.denoising as denoising
     from stem_ae.analysis import find_columns, match_columns
     from stem_ae.simulate import simulate_scene
 
     scene = simulate_scene(
-        (192, 192), defect=["vacancies"], vacancy_fraction=0.1, pixel_size=0.5, dose=1.0, rng=21
+        (192, 192),
+        defect=["vacancies"],
+        vacancy_fraction=0.1,
+        pixel_size=pixel_size,
+        dose=dose,
+        rng=21,
     )
     vacancies = np.asarray(scene.metadata["vacancies"]["positions"], float).reshape(-1, 2)
     nn = scene.lattice.nearest_neighbour()
@@ -387,9 +388,22 @@ def test_coarse_sampling_takes_out_columns_painted_into_vacancies_at_one_count(m
         columns = find_columns(image, min_distance=0.5 * nn)
         match = match_columns(columns, scene.columns, 0.3 * nn, shape=image.shape, border=0.5 * nn)
         invented = np.setdiff1d(np.arange(len(columns)), match.pairs[:, 0])
+        if not len(invented):
+            return 0.0, match.found
         distance, _ = cKDTree(columns[invented]).query(vacancies)
         return float(np.mean(distance < 0.3 * nn)), match.found
 
+    return scene, scores
+
+
+@pytest.mark.slow
+def test_coarse_sampling_takes_out_columns_painted_into_vacancies_at_one_count(monkeypatch):
+    # 0.5 Å/px (spacing ≈ 5.5 px), 1 count/px: a painted column stands ~3σ above the data, under
+    # the image's 4σ bar; PEAK_THRESHOLD tests the network's own columns at 3σ (41 % of the
+    # vacancies filled without it, 14 % with it, 65 % by the network alone on this scene)
+    import stem_ae.denoising as denoising
+
+    scene, scores = _vacancy_scene(0.5, 1.0)
     filled, found = scores(denoise(scene.noisy, pixel_size=0.5))
     assert filled <= 0.2 and found >= 0.99
     monkeypatch.setattr(denoising, "PEAK_THRESHOLD", None)
@@ -398,28 +412,9 @@ def test_coarse_sampling_takes_out_columns_painted_into_vacancies_at_one_count(m
 
 @pytest.mark.slow
 def test_default_takes_out_columns_painted_into_vacancies():
-    from scipy.spatial import cKDTree
-
-    from stem_ae.analysis import find_columns, match_columns
-    from stem_ae.simulate import simulate_scene
-
-    scene = simulate_scene(
-        (192, 192), defect=["vacancies"], vacancy_fraction=0.1, pixel_size=0.3, dose=4.0, rng=21
-    )
-    vacancies = np.asarray(scene.metadata["vacancies"]["positions"], float).reshape(-1, 2)
-    nn = scene.lattice.nearest_neighbour()
-
-    def filled(image):
-        columns = find_columns(image, min_distance=0.5 * nn)
-        match = match_columns(columns, scene.columns, 0.3 * nn)
-        invented = np.setdiff1d(np.arange(len(columns)), match.pairs[:, 0])
-        if not len(invented):
-            return 0.0
-        distance, _ = cKDTree(columns[invented]).query(vacancies)
-        return float(np.mean(distance < 0.3 * nn))
-
-    assert filled(denoise(scene.noisy, pixel_size=0.3, residual="none")) > 0.5
-    assert filled(denoise(scene.noisy, pixel_size=0.3)) <= 0.05
+    scene, scores = _vacancy_scene(0.3, 4.0)
+    assert scores(denoise(scene.noisy, pixel_size=0.3, residual="none"))[0] > 0.5
+    assert scores(denoise(scene.noisy, pixel_size=0.3))[0] <= 0.05
 
 
 @pytest.mark.slow
