@@ -841,6 +841,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         periodic=periodic if residual == "periodic" else None,
         min_lowpass=UNSUPPORTED_MIN_LOWPASS if runner.architecture == "dense" else 0.0,
         # a dense network at a coarse sampling: a painted column stands ~3σ above the data
+        # at 1 count/px, under the image's 4σ bar
         peak_threshold=PEAK_THRESHOLD
         if runner.architecture == "dense" and 0.5 * width < UNSUPPORTED_MIN_LOWPASS
         else None,

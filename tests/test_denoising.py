@@ -399,8 +399,8 @@ def _vacancy_scene(pixel_size, dose):
 @pytest.mark.slow
 def test_coarse_sampling_takes_out_columns_painted_into_vacancies_at_one_count(monkeypatch):
     # 0.5 Å/px (spacing ≈ 5.5 px), 1 count/px: a painted column stands ~3σ above the data, under
-    # the image's 4σ bar; PEAK_THRESHOLD tests the network's own columns at 3σ (41 % of the
-    # vacancies filled without it, 14 % with it, 65 % by the network alone on this scene)
+    # the image's 4σ bar; PEAK_THRESHOLD tests the network's own columns at 2.5σ (41 % of the
+    # vacancies filled without it, 14 % at 3σ, 65 % by the network alone on this scene)
     import stem_ae.denoising as denoising
 
     scene, scores = _vacancy_scene(0.5, 1.0)

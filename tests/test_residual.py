@@ -287,7 +287,7 @@ def test_remove_unsupported_corrects_flagged_spots_from_the_fallback_and_leaves_
 
 
 def test_remove_unsupported_peak_threshold_holds_at_the_estimates_columns_only():
-    # a column painted into a vacancy at 3.4σ: the whole image's 4σ bar keeps it; the 3σ bar
+    # a column painted into a vacancy at 3.4σ: the whole image's 4σ bar keeps it; the lower bar
     # at the estimate's own columns (PEAK_THRESHOLD) takes it out, and the same 3.4σ
     # disagreement between columns (no peak of the estimate there) is left alone
     from stem_ae._residual import (
