@@ -159,6 +159,13 @@ class _Plan:
         return self.lattice.reciprocal
 
     @property
+    def lattice_vectors(self):
+        """The real-space basis (rows (y, x), input px), or None without a 2-D lattice."""
+        if self.reciprocal is None:
+            return None
+        return np.linalg.inv(np.asarray(self.reciprocal, np.float64)).T
+
+    @property
     def depth(self) -> int:
         """Tile margin (px) so that trimmed tiles equal the whole-image result."""
         ratio = max(s / n for s, n in zip(self.scaled, self.shape, strict=True))
@@ -172,6 +179,8 @@ class _Plan:
             halo_in += 4 * CONSISTENCY_WIDTH * reach * self.spacing
             if self.auto:  # remove_unsupported widens a flagged spot and smooths it
                 halo_in += 1.2 * self.spacing + 4 * self.min_lowpass
+            if self.peak_threshold is not None and self.lattice_vectors is not None:
+                halo_in += float(np.hypot(*self.lattice_vectors.T).max()) + 2  # translates
         if self.periodic is not None:  # local_fractions' phase low-pass
             halo_in += 4 * PHASE_WIDTH * self.cell
         if self.erased:  # restore_sites' low-pass
@@ -986,6 +995,7 @@ def _consistency(normalized, estimate, plan, fallback=None):
                 fallback=fallback,
                 min_lowpass=plan.min_lowpass,
                 peak_threshold=plan.peak_threshold,
+                lattice_vectors=None if plan.peak_threshold is None else plan.lattice_vectors,
             )
         return consistency_correction(
             normalized, estimate, width, plan.noise_variance, plan.threshold
