@@ -69,7 +69,8 @@ under 8 px). There a column painted into a vacancy at 1 count/px stands only abo
 data in the test (medians 2.9–3.2 over the 0.6 Å/px scenes of ``benchmarks/coarse.py``), so the
 4σ bar of the whole image left 69 % of the vacancies filled at 0.6 Å/px and 44 % at 0.5 Å/px;
 2.5σ at the network's own columns (where the data show too little of the column drawn,
-:data:`PEAK_SHOWN`) leaves 21 % and 2.4 %, at a cost of at most 0.1 dB and 0.23 pm there. 2σ
+:data:`PEAK_SHOWN`) leaves 21 % and 2.4 % (6 % and 1.9 % with ``lattice_vectors``,
+:data:`PEAK_TYPICAL`), at a cost of at most 0.1 dB and 0.23 pm there. 2σ
 left 10 % and 1.2 %, but moved the real REBCO image's columns (lattice-fit RMS 0.2714 → 0.2809
 px; 2.5σ: 0.2713). An ideal observer that knows every column's shape and place tells a vacancy
 from a column at d' ≈ 4.9 there (5.8 at 0.5 Å/px), and at 99 % of the columns found would still

@@ -16,8 +16,8 @@ Usage (from the repository root)::
     python benchmarks/experiments/ideal_vacancy.py     # a few seconds
 
 Result (2026-12-02): d' ≈ 7.3 / 5.8 / 4.9 at 0.4 / 0.5 / 0.6 Å/px and 1 count/px (twice that at
-4 counts/px); ideal filled at 99 % found: 0 / 0 / 3 %. ``denoise`` leaves 0.9 / 8 / 38 % filled
-(``benchmarks/results/coarse.md``): short of the bound at 0.6 Å/px, not at its limit.
+4 counts/px); ideal filled at 99 % found: 0 / 0 / 3 %. ``denoise`` leaves 0 / 1.9 / 6 % filled
+(``benchmarks/results/coarse.md``; 17 / 44 / 69 % before the lower bar at the network's columns).
 """
 
 from __future__ import annotations
