@@ -286,39 +286,45 @@ def test_remove_unsupported_corrects_flagged_spots_from_the_fallback_and_leaves_
     assert np.array_equal(kept, clean)
 
 
-def test_remove_unsupported_peak_threshold_holds_at_the_estimates_columns_only():
-    # a column painted into a vacancy at 3.4σ: the whole image's 4σ bar keeps it; the lower bar
-    # at the estimate's own columns (PEAK_THRESHOLD) takes it out, and the same 3.4σ
-    # disagreement between columns (no peak of the estimate there) is left alone
-    from stem_ae._residual import (
-        CONSISTENCY_SURROUND,
-        PEAK_THRESHOLD,
-        UNSUPPORTED_MIN_LOWPASS,
-        _surround_energy,
-        remove_unsupported,
-    )
+_SPACING = 4.6  # px: SrTiO3 at 0.6 Å/px
+_WIDTH = 0.2 * _SPACING  # the consistency test's width there
 
-    y, x = np.mgrid[:128, :128].astype(float)
-    spacing = 4.6
-    width = 0.2 * spacing
+
+def _coarse_lattice(side):
+    """Pixel grids, a column painter and a noise-free square lattice of columns 4.6 px apart."""
+    y, x = np.mgrid[:side, :side].astype(float)
 
     def column(cy, cx):
         return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 0.75**2))
 
-    centres = np.arange(2.3, 128, spacing)
-    truth = sum(column(cy, cx) for cy in centres for cx in centres)
-    hole = (centres[13], centres[13])
-    gap = (centres[6] + spacing / 2, centres[6] + spacing / 2)  # a cell's centre, 3.3 px off
-    painted = column(*hole)
-    data = truth - painted - column(*gap)  # a vacancy, and a dip the estimate does not show
-    estimate = truth
-    # the noise variance that puts both disagreements at 3.4σ of the test
-    residual = -column(*hole)
-    mean = ndi.gaussian_filter(residual, width) - ndi.gaussian_filter(
-        residual, CONSISTENCY_SURROUND * width
+    centres = np.arange(2.3, side, _SPACING)
+    return y, x, column, centres, sum(column(cy, cx) for cy in centres for cx in centres)
+
+
+def _variance_at(residual, at, z):
+    """The noise variance that puts the test's statistic of ``residual`` at ``z`` σ at ``at``."""
+    from stem_ae._residual import CONSISTENCY_SURROUND, _surround_energy
+
+    mean = ndi.gaussian_filter(residual, _WIDTH) - ndi.gaussian_filter(
+        residual, CONSISTENCY_SURROUND * _WIDTH
     )
-    z_per_sd = -mean[round(hole[0]), round(hole[1])]
-    variance = (z_per_sd / 3.4) ** 2 / _surround_energy(width, CONSISTENCY_SURROUND)
+    z_per_sd = -mean[round(at[0]), round(at[1])]
+    return (z_per_sd / z) ** 2 / _surround_energy(_WIDTH, CONSISTENCY_SURROUND)
+
+
+def test_remove_unsupported_peak_threshold_holds_at_the_estimates_columns_only():
+    # a column painted into a vacancy at 3.4σ: the whole image's 4σ bar keeps it; the lower bar
+    # at the estimate's own columns (PEAK_THRESHOLD) takes it out, and the same 3.4σ
+    # disagreement between columns (no peak of the estimate there) is left alone
+    from stem_ae._residual import PEAK_THRESHOLD, UNSUPPORTED_MIN_LOWPASS, remove_unsupported
+
+    y, x, column, centres, truth = _coarse_lattice(128)
+    hole = (centres[13], centres[13])
+    gap = (centres[6] + _SPACING / 2, centres[6] + _SPACING / 2)  # a cell's centre, 3.3 px off
+    data = truth - column(*hole) - column(*gap)  # a vacancy, and a dip the estimate does not show
+    estimate = truth
+    variance = _variance_at(-column(*hole), hole, 3.4)  # both disagreements at 3.4σ
+    width, spacing = _WIDTH, _SPACING
     kwargs = dict(min_lowpass=UNSUPPORTED_MIN_LOWPASS)
     near_hole = np.hypot(y - hole[0], x - hole[1]) <= 1.0
     near_gap = np.hypot(y - gap[0], x - gap[1]) <= 1.0
@@ -339,32 +345,14 @@ def test_remove_unsupported_lattice_vectors_catch_a_faint_painted_column():
     # the network paints a vacancy faintly (30 % of a column): its own faint column hides the
     # dip from the test (2σ, under the 2.5σ peak bar), but against the same site's column one
     # lattice vector away the data show nothing (PEAK_TYPICAL); a real column is left alone
-    from stem_ae._residual import (
-        CONSISTENCY_SURROUND,
-        PEAK_THRESHOLD,
-        UNSUPPORTED_MIN_LOWPASS,
-        _surround_energy,
-        remove_unsupported,
-    )
+    from stem_ae._residual import PEAK_THRESHOLD, UNSUPPORTED_MIN_LOWPASS, remove_unsupported
 
-    y, x = np.mgrid[:96, :96].astype(float)
-    spacing = 4.6
-    width = 0.2 * spacing
-
-    def column(cy, cx):
-        return np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * 0.75**2))
-
-    centres = np.arange(2.3, 96, spacing)
-    truth = sum(column(cy, cx) for cy in centres for cx in centres)
+    y, x, column, centres, truth = _coarse_lattice(96)
+    width, spacing = _WIDTH, _SPACING
     hole = (centres[10], centres[10])
     data = truth - column(*hole)  # a vacancy
     estimate = data + 0.3 * column(*hole)  # painted faintly
-    residual = -0.3 * column(*hole)
-    mean = ndi.gaussian_filter(residual, width) - ndi.gaussian_filter(
-        residual, CONSISTENCY_SURROUND * width
-    )
-    z_per_sd = -mean[round(hole[0]), round(hole[1])]
-    variance = (z_per_sd / 2.0) ** 2 / _surround_energy(width, CONSISTENCY_SURROUND)
+    variance = _variance_at(-0.3 * column(*hole), hole, 2.0)
     vectors = np.array([[spacing, 0.0], [0.0, spacing]])
     kwargs = dict(min_lowpass=UNSUPPORTED_MIN_LOWPASS, peak_threshold=PEAK_THRESHOLD)
     near_hole = np.hypot(y - hole[0], x - hole[1]) <= 1.0
