@@ -98,21 +98,22 @@ the vacancies went to 4.5 %, but 1.2–1.5 % of the columns of a scene without v
 (2.5–3.5σ) hardly matters, this fraction does."""
 
 
-def _translated(image: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """``out[y, x] = image[y + dy, x + dx]``, edge values beyond the border."""
-    pad = max(abs(dy), abs(dx))
-    padded = np.pad(image, pad, mode="edge")
-    return padded[pad + dy : pad + dy + image.shape[0], pad + dx : pad + dx + image.shape[1]]
+def _column_reach(spacing: float) -> int:
+    """Odd side (px) of a column's reach, 0.6 × the spacing: the window of its local maximum."""
+    return max(3, round(0.6 * spacing) | 1)
 
 
-def _weaker_than_translates(estimate, drawn, shown, vectors, spacing, bar):
-    """Peaks of ``estimate`` whose data average (``shown``) is below :data:`PEAK_TYPICAL` of the
-    column drawn (``drawn``) at their lattice translates, and below it by more than ``bar``."""
-    reach = max(3, round(0.6 * spacing) | 1)
-    peaks = estimate >= ndi.maximum_filter(estimate, size=reach, mode="nearest")
+def _weaker_than_translates(peaks, drawn, shown, vectors, bar):
+    """The ``peaks`` whose data average (``shown``) is below :data:`PEAK_TYPICAL` of the column
+    drawn (``drawn``) at their lattice translates, and below it by more than ``bar``."""
     local = ndi.maximum_filter(drawn, size=3, mode="nearest")  # strain: within 1 px
     steps = [np.rint(sign * np.asarray(v, float)).astype(int) for v in vectors for sign in (1, -1)]
-    typical = np.median([_translated(local, dy, dx) for dy, dx in steps], axis=0)
+    pad = int(np.abs(steps).max())
+    padded = np.pad(local, pad, mode="edge")  # beyond the border: the edge's values
+    h, w = local.shape
+    typical = np.median(
+        [padded[pad + dy : pad + dy + h, pad + dx : pad + dx + w] for dy, dx in steps], axis=0
+    )
     return peaks & (typical - shown > bar) & (shown < PEAK_TYPICAL * typical)
 
 
@@ -672,6 +673,7 @@ def remove_unsupported(
     dtype = np.float32 if single else np.float64
     a = np.asarray(estimate, dtype=dtype)
     limit = threshold * np.sqrt(variance * _surround_energy(float(width), surround))
+    reach = _column_reach(spacing)
 
     def unsupported(b):
         residual = np.asarray(noisy, dtype=dtype) - b
@@ -679,24 +681,17 @@ def remove_unsupported(
         mean -= gaussian_filter(residual, surround * width, mode="reflect", truncate=_TRUNCATE)
         flagged = -mean > limit
         if peak_threshold is not None and peak_threshold < threshold:
-            reach = max(3, round(0.6 * spacing) | 1)
-            peaks = b >= ndi.maximum_filter(b, size=reach, mode="nearest")
-            peaks = ndi.binary_dilation(peaks, structure=np.ones((3, 3), bool))
-            peaks &= -mean > limit * (peak_threshold / threshold)
+            bar = limit * (peak_threshold / threshold)
+            centres = b >= ndi.maximum_filter(b, size=reach, mode="nearest")
+            peaks = ndi.binary_dilation(centres, structure=np.ones((3, 3), bool))
+            peaks &= -mean > bar
             # and the data show less than PEAK_SHOWN of the column drawn there (the same
             # average minus surround of the estimate): not a rounding error on clean data
             bump = gaussian_filter(b, width, mode="reflect", truncate=_TRUNCATE)
             bump -= gaussian_filter(b, surround * width, mode="reflect", truncate=_TRUNCATE)
             flagged |= peaks & (-mean > (1.0 - PEAK_SHOWN) * bump)
             if lattice_vectors is not None:
-                flagged |= _weaker_than_translates(
-                    b,
-                    bump,
-                    bump + mean,
-                    lattice_vectors,
-                    spacing,
-                    peak_threshold * limit / threshold,
-                )
+                flagged |= _weaker_than_translates(centres, bump, bump + mean, lattice_vectors, bar)
         return flagged, residual
 
     flagged, residual = unsupported(a)
@@ -708,7 +703,6 @@ def remove_unsupported(
         residual = np.asarray(noisy, dtype=dtype) - base
     elif not flagged.any():
         return a.copy()
-    reach = max(3, round(0.6 * spacing) | 1)
     mask = ndi.maximum_filter(flagged.astype(dtype), size=reach, mode="constant")
     mask = gaussian_filter(mask, 0.1 * spacing, mode="constant", truncate=_TRUNCATE)
     if 0.5 * width < min_lowpass:  # coarse sampling: the data, without their pixel noise

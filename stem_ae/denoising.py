@@ -995,7 +995,7 @@ def _consistency(normalized, estimate, plan, fallback=None):
                 fallback=fallback,
                 min_lowpass=plan.min_lowpass,
                 peak_threshold=plan.peak_threshold,
-                lattice_vectors=None if plan.peak_threshold is None else plan.lattice_vectors,
+                lattice_vectors=plan.lattice_vectors,  # used with peak_threshold only
             )
         return consistency_correction(
             normalized, estimate, width, plan.noise_variance, plan.threshold

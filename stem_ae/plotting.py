@@ -96,10 +96,11 @@ METHOD_COLORS: dict[str, str] = {
 }
 
 # the colours a method without one of its own takes, in turn: tab20 without the colours above
-_SPARE = "#aec7e8 #ff7f0e #ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #e377c2 #f7b6d2 #c7c7c7 #bcbd22"
-_SPARE_COLORS = tuple(
-    c for c in (_SPARE + " #dbdb8d #17becf #9edae5").split() if c not in METHOD_COLORS.values()
-)
+_TAB20 = (
+    "#aec7e8 #ff7f0e #ffbb78 #98df8a #ff9896 #c5b0d5 #c49c94 #e377c2 #f7b6d2 #c7c7c7 #bcbd22 "
+    "#dbdb8d #17becf #9edae5"
+).split()
+_SPARE_COLORS = tuple(c for c in _TAB20 if c not in METHOD_COLORS.values())
 
 
 def _method_colors(names: Sequence[str]) -> list[str]:
