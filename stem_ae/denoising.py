@@ -49,6 +49,7 @@ from stem_ae._residual import (
     noise_variance,
     remove_unsupported,
     smoothing_sigma,
+    spectrum_whiteness,
     surround_variance,
 )
 from stem_ae._runner import Runner, model_window_and_normalization
@@ -87,7 +88,8 @@ EXCESS_RANGES = {"dense": (1.0, 2.0), "conv": (0.25, 0.5)}
 """``residual="auto"``, per architecture: the low-passed residual is added back with a weight
 rising from 0 to 1 as the network's estimated error grows from the first to the second value,
 in units of the noise variance (:func:`stem_ae._residual.network_excess`). Below, the network is
-closer to the truth than the data are.
+closer to the truth than the data are. The gate holds where the noise is correlated, the sampling
+coarse or the columns dark; under white noise SURE decides alone (:data:`WHITE_TOLERANCE`).
 
 * ``"dense"`` (the shipped ``general``, which has an error floor): 1 to 2. On noisy real images
   its excess is 0.1–0.5 and any data added back cost column precision (lattice-fit RMS).
@@ -136,6 +138,7 @@ class _Plan:
     auto: bool = False  # residual="auto"/"periodic": correlated noise, one-sided test
     smooth_sigma: float = 0.0  # Gaussian for the parts that are not a crystal, input px (0: none)
     excess: float = float("nan")  # the network's error over the noise (residual="auto")
+    whiteness: float = float("nan")  # the noise spectrum's largest power ratio (1: white)
     dark: bool = False  # dark columns (ABF, BF): the image is denoised as its inverse
     spacing: float = 0.0  # measured dominant lattice spacing, input px
     noise_variance: float = 0.0  # normalised units; > 0 switches the local consistency step on
@@ -732,6 +735,28 @@ convolutional network, with no error floor, keeps the spectrum (the white width 
 there). On the real images of ``benchmarks/real.py`` the dense excess is 0.1–0.5 (noisy) and 2.5
 (the low-noise [110] ADF image): none reaches it."""
 
+WHITE_TOLERANCE = 1.8
+"""``residual="auto"``: a noise spectrum whose power ratios at high frequencies all lie within
+this factor of 1 (:func:`stem_ae._residual.spectrum_whiteness`) is white, and then SURE decides
+alone (weight 1: :data:`EXCESS_RANGES`' gate is off). SURE's risk is unbiased for white noise;
+under correlated noise the spectrum of ``image − output`` is no reliable noise measure, and the
+gate keeps the network's output. Measured on the residual of ``denoise``: the simulated
+white-Poisson scenes of ``benchmarks/quality.py`` at 1–8 counts/px, 36 scenes, 1.05–1.57 (the
+network's error adds a little); scan streaks at 1–4 counts/px (buried in the Poisson noise)
+1.06–1.10; frame averages at 1–16 counts/px 1.95–2.71, afterglow 7.6–7.9; the real images of
+``benchmarks/real.py``: Tecnai (streaks) 9.0, Se-MoS2 2.6, Au 2.5 (row offsets and afterglow
+along the fast scan), the [110] ADF 1.63, the [110] ABF 1.27, REBCO 1.38.
+
+Not where the lattice spacing is under 8 px (coarse: the data put back cost position precision,
+0.4 Å/px at 1 count/px 5.3 → 6.7 pm in ``benchmarks/coarse.py``; REBCO is such an image), nor
+for dark columns (ABF: with the dense network the columns invented rose above the raw image's,
+3.7 → 15.9 % at 64 counts/px). What it bought, dense ``general`` on the white-Poisson scenes of
+``benchmarks/quality.py`` at 1 / 4 / 16 / 64 counts/px: 24.33 / 24.89 / 33.70 / 37.45 →
+27.37 / 31.02 / 34.39 / 38.17 dB, above the oracle Gaussian at every dose (26.28 / 29.85 /
+33.70 / 37.43); position error 3.07 / 1.98 / 1.01 / 0.56 → 3.65 / 1.89 / 1.01 / 0.51 pm (the
+network's lattice prior had pulled the columns below the Cramér–Rao bound of 3.89 pm at 1
+count/px); every score of ``benchmarks/real.py`` unchanged."""
+
 RESIDUAL_MODES = ("auto", "periodic", "sure", "none")
 """Named residual corrections: ``"auto"`` chooses the bandwidth by SURE under the noise spectrum
 measured in the image (correlated noise), ``"periodic"`` is ``"auto"`` plus the network's error
@@ -789,6 +814,11 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
     sigmas = tuple(s for s in RESIDUAL_SIGMAS if s == 0 or s >= floor)
     width = CONSISTENCY_WIDTH * plan.spacing
     weight, smooth, strength, fractions = 1.0, 0.0, None, None
+    whiteness = float("nan")
+    # lattice spacings under 8 px: a dense network's painted column stands ~3σ above the data
+    # at 1 count/px (the peak bar), and SURE's white rule lost precision there (and PSNR at
+    # 1 count/px)
+    coarse = 0.5 * width < UNSUPPORTED_MIN_LOWPASS
     erased, site_nn = np.empty((0, 2)), 0.0
     if residual in AUTO_MODES:
         # the crystal's tiles alone tell the noise and the network's error: on amorphous parts
@@ -801,7 +831,11 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
             normalized - estimate if residual_in_crystal is None else residual_in_crystal,
             spectrum,
         )
-        weight = _excess_weight(excess, runner.architecture)
+        # white noise: SURE decides alone; correlated noise, a coarse sampling or dark columns:
+        # the gate (WHITE_TOLERANCE)
+        whiteness = spectrum_whiteness(spectrum)
+        white_noise = whiteness <= WHITE_TOLERANCE and not (coarse or plan.dark)
+        weight = 1.0 if white_noise else _excess_weight(excess, runner.architecture)
         periodic, folded = None, estimate
         if residual == "periodic" and plan.reciprocal is not None and weight < 1:
             # the network's error that repeats in every cell, followed along the local lattice
@@ -845,15 +879,12 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         auto=residual in AUTO_MODES,
         smooth_sigma=smooth,
         excess=excess if residual in AUTO_MODES else float("nan"),
+        whiteness=whiteness if residual in AUTO_MODES else float("nan"),
         erased=tuple(map(tuple, erased)),
         site_nn=site_nn,
         periodic=periodic if residual == "periodic" else None,
         min_lowpass=UNSUPPORTED_MIN_LOWPASS if runner.architecture == "dense" else 0.0,
-        # a dense network at a coarse sampling: a painted column stands ~3σ above the data
-        # at 1 count/px, under the image's 4σ bar
-        peak_threshold=PEAK_THRESHOLD
-        if runner.architecture == "dense" and 0.5 * width < UNSUPPORTED_MIN_LOWPASS
-        else None,
+        peak_threshold=PEAK_THRESHOLD if runner.architecture == "dense" and coarse else None,
     )
     if not (image.ndim == 2 and frame.shape == image.shape and not lazy):
         return plan, None

@@ -90,8 +90,10 @@ def test_tiles_equal_the_whole_image_where_erased_sites_are_restored(model, monk
 
 def test_tiles_equal_the_whole_image_with_the_periodic_error_folded_in(model, monkeypatch):
     image = _crystal((300, 280), seed=3)
-    # an untrained network's error dwarfs the noise (weight 1: nothing to fold); as if the gate
-    # left half of it, so that the fold of its periodic error is laid on every tile
+    # an untrained network's error dwarfs the noise (weight 1: nothing to fold), and the noise is
+    # white (the gate is off); as if the gate were on and left half of it, so that the fold of its
+    # periodic error is laid on every tile
+    monkeypatch.setattr(denoising, "WHITE_TOLERANCE", 0.0)
     monkeypatch.setattr(denoising, "_excess_weight", lambda *args: 0.5)
     auto = denoise(image, model=model)
     reference = denoise(image, model=model, residual="periodic")

@@ -411,3 +411,34 @@ def test_remove_unsupported_puts_back_data_without_pixel_noise_at_coarse_samplin
     for hole in holes:
         far &= np.hypot(y - hole[0], x - hole[1]) > 2 * spacing
     assert np.mean(fixed[far] == estimate[far]) > 0.95  # where nothing was painted
+
+
+@pytest.mark.parametrize(
+    ("options", "white"),
+    [
+        ({"dose": 1.0}, True),
+        ({"dose": 16.0}, True),
+        ({"dose": 4.0, "afterglow": 1.5}, False),  # smooths along the fast scan only
+        ({"dose": 64.0, "row_offset_rel": 0.02}, False),  # scan-row offsets (streaks)
+        ({"dose": 4.0, "frames": 4, "frame_shift": 0.5}, False),  # interpolated frames
+    ],
+)
+def test_spectrum_whiteness_tells_white_poisson_noise_from_correlated_noise(options, white):
+    from stem_ae._residual import noise_spectrum, spectrum_whiteness
+    from stem_ae.denoising import WHITE_TOLERANCE
+    from stem_ae.simulate import NoiseModel
+
+    noisy, clean = NoiseModel(**options).apply(np.full((256, 256), 1.0), rng=6)
+    whiteness = spectrum_whiteness(noise_spectrum(noisy - clean))
+    assert whiteness >= 1.0
+    assert (whiteness <= WHITE_TOLERANCE) == white, whiteness
+
+
+def test_spectrum_whiteness_does_not_judge_a_small_spectrum():
+    from stem_ae._residual import WHITE_MIN_SIDE, noise_spectrum, spectrum_whiteness
+
+    rng = np.random.default_rng(7)
+    small = noise_spectrum(rng.normal(0, 1, (WHITE_MIN_SIDE - 1, WHITE_MIN_SIDE + 40)))
+    assert spectrum_whiteness(small) == np.inf
+    large = noise_spectrum(rng.normal(0, 1, (WHITE_MIN_SIDE, WHITE_MIN_SIDE)))
+    assert spectrum_whiteness(large) < np.inf
