@@ -6,10 +6,11 @@ and peak RSS is that case's alone): a simulated 1024² SrTiO3 scene at 0.2 Å/px
 ``residual="auto"``; also at step 2, the default before ``DEFAULT_STEPS``, and with the
 Gaussian filters that ``stem_ae._filters`` replaced: ``ndimage``'s direct convolutions) and with
 ``model="general_conv"`` (step 2); the default and ``residual="periodic"`` also on the same
-scene at 1 count/px, where the gate leaves the network's output and the option adds its fold
-(elsewhere it runs the default's code); each timed on a second call (the first traces the
-TensorFlow function), and BM3D (PyPI ``bm3d``, Anscombe transform, ``sigma_psd=1``) on the
-16-count image.
+scene at 1 count/px with detector afterglow of 1.5 px (correlated noise, as in ``quality.py``),
+where the gate leaves the network's output and the option adds its fold (under white noise, or
+where the gate is open, it runs the default's code); each timed on a second call (the first
+traces the TensorFlow function), and BM3D (PyPI ``bm3d``, Anscombe transform,
+``sigma_psd=1``) on the 16-count image.
 ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16`` keeps oneDNN off AMX, as on CPUs without it (the
 reviewers' 2-core AMD EPYC); on a CPU without AMX both rows run the same code. Prints ratios
 measured side by side in one run.
@@ -37,10 +38,11 @@ RESULTS = Path(__file__).resolve().parent / "results"
 CHILD = r"""
 import json, resource, sys, time
 import numpy as np
-from stem_ae.simulate import simulate_scene
+from stem_ae.simulate import NoiseModel, simulate_scene
 size, method = int(sys.argv[1]), sys.argv[2]
 options = json.loads(sys.argv[3]) if len(sys.argv) > 3 else {}
 dose = options.pop("dose", 16.0)
+afterglow = options.pop("afterglow", 0.0)
 if options.pop("direct_filters", False):  # the filters before stem_ae._filters, for the ratio
     from scipy import ndimage as ndi
     import stem_ae._filters, stem_ae._residual
@@ -49,7 +51,8 @@ if options.pop("direct_filters", False):  # the filters before stem_ae._filters,
         float(np.mean(((ndi.gaussian_filter(r, s, truncate=truncate) if s else 0.0) - r) ** 2))
         for s in sigmas
     ]
-image = simulate_scene((size, size), pixel_size=0.2, dose=dose, rng=5).noisy
+noise = NoiseModel(afterglow=afterglow) if afterglow else None
+image = simulate_scene((size, size), pixel_size=0.2, dose=dose, noise=noise, rng=5).noisy
 if method == "bm3d":
     import bm3d
     start = time.perf_counter()
@@ -90,16 +93,16 @@ CASES = (
         {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
     ),
     (
-        "denoise at 1 count/px, AMX off",
+        "denoise at 1 count/px with afterglow, AMX off",
         "denoise",
         {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
-        {"dose": 1.0},
+        {"dose": 1.0, "afterglow": 1.5},
     ),
     (
-        'denoise `residual="periodic"` at 1 count/px, AMX off',
+        'denoise `residual="periodic"` at 1 count/px with afterglow, AMX off',
         "denoise",
         {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"},
-        {"dose": 1.0, "residual": "periodic"},
+        {"dose": 1.0, "afterglow": 1.5, "residual": "periodic"},
     ),
     ("BM3D (Anscombe)", "bm3d", {}),
 )
@@ -136,8 +139,9 @@ def main(argv=None) -> int:
         "# `denoise` speed, AMX on and off, against BM3D",
         "",
         f"Command: `python benchmarks/denoise_speed.py --size {args.size}`. {args.size}² px "
-        f"simulated SrTiO3, 0.2 Å/px, 16 counts/px (the two rows at 1 count/px: the dose "
-        f'where `residual="periodic"` adds its fold); `denoise` defaults (shipped `general`, '
+        "simulated SrTiO3, 0.2 Å/px, 16 counts/px (the two rows at 1 count/px with afterglow "
+        'of 1.5 px: correlated noise, where `residual="periodic"` adds its fold); `denoise` '
+        "defaults (shipped `general`, "
         f'its default step 3, `residual="auto"`; and `model="general_conv"`, step 2), second '
         "call. "
         f"Machine: {_machine.describe()}, AMX {'present' if has_amx() else 'absent'}; "

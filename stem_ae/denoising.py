@@ -236,9 +236,12 @@ def denoise(
          variance: the residual low-passed by a Gaussian (bandwidth by SURE under that
          spectrum) is added back with a weight rising from 0 at an excess of 1 to 1 at 2 for
          the dense ``general``, from 0.25 to 0.5 for the convolutional ``general_conv``, which
-         has no error floor (:data:`EXCESS_RANGES`). On noisy real images (dense excess
-         0.1–0.5, convolutional 0.0–0.2) nothing is added: any data put back costs column
-         precision there; at a high dose the data win. For a dense network with an excess of
+         has no error floor (:data:`EXCESS_RANGES`). Where that spectrum is white at high
+         frequencies (:data:`WHITE_TOLERANCE`; simulated Poisson noise, not the streaked,
+         frame-averaged or afterglow noise of real scans), SURE's risk is unbiased and the
+         weight is 1 (not at spacings under 8 px, nor for dark columns). On noisy real images
+         (dense excess 0.1–0.5, convolutional 0.0–0.2) nothing is added: any data put back
+         costs column precision there; at a high dose the data win. For a dense network with an excess of
          3 or more (:data:`WHITE_EXCESS`) the bandwidth is SURE's under the white noise
          estimate (fourth-order differences): there the spectrum, measured on the residual,
          holds the network's error as well (3× the noise at 64 counts/px) and over-smoothed
