@@ -200,22 +200,28 @@ def test_auto_keeps_correlated_noise_out_and_beats_the_network_alone():
     assert row_noise(auto) < row_noise(white)
 
 
-@pytest.mark.slow
-def test_at_high_dose_the_data_come_back_as_finely_as_white_sure_puts_them():
-    from stem_ae.analysis import psnr
+def _quality_scene(dose):
+    """A white-Poisson scene of ``benchmarks/quality.py`` (0.2 Å/px, seed 9001)."""
     from stem_ae.simulate import simulate_scene
 
-    # 64 counts/px: the gate is wide open; the noise spectrum, measured on the residual, holds
-    # the network's error too (3× the noise here) and would over-smooth the data put back
-    scene = simulate_scene(
+    return simulate_scene(
         (192, 192),
         defect=["rp", "strain", "vacancies"],
         strain=0.02,
         vacancy_fraction=0.05,
         pixel_size=0.2,
-        dose=64.0,
+        dose=dose,
         rng=9001,
     )
+
+
+@pytest.mark.slow
+def test_at_high_dose_the_data_come_back_as_finely_as_white_sure_puts_them():
+    from stem_ae.analysis import psnr
+
+    # 64 counts/px: the gate is wide open; the noise spectrum, measured on the residual, holds
+    # the network's error too (3× the noise here) and would over-smooth the data put back
+    scene = _quality_scene(64.0)
     auto = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2))
     white = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2, residual="sure"))
     assert auto >= white - 0.1  # 36.2 against 38.4 dB with the spectrum's bandwidth
@@ -226,20 +232,11 @@ def test_under_white_noise_sure_decides_alone_and_beats_the_best_gaussian():
     from scipy import ndimage
 
     from stem_ae.analysis import psnr
-    from stem_ae.simulate import simulate_scene
 
     # white Poisson noise at 4 counts/px: SURE's risk is unbiased, so the gate that keeps the
     # network under correlated noise is off and the data come back: 30.5 dB, the network alone
     # 24.1, the best Gaussian 27.9 (the gate alone: 25.2)
-    scene = simulate_scene(
-        (192, 192),
-        defect=["rp", "strain", "vacancies"],
-        strain=0.02,
-        vacancy_fraction=0.05,
-        pixel_size=0.2,
-        dose=4.0,
-        rng=9001,
-    )
+    scene = _quality_scene(4.0)
     auto = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2))
     alone = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2, residual="none"))
     gaussian = max(
