@@ -153,7 +153,8 @@ def to_signal(
         Record of processing (:func:`stem_ae.io.processing_record`), stored under
         ``metadata.Processing.stem_ae``.
     output : str
-        ``"denoised"`` or ``"uncertainty"``: appended to the title in parentheses.
+        ``"denoised"``, ``"uncertainty"`` or ``"crystal map"``: appended to the title in
+        parentheses.
 
     Returns
     -------

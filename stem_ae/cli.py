@@ -513,7 +513,9 @@ def _resampling_factor(lattice, model, contrast=None) -> float:
     return float(_scale_factor(*spacings, *get_config(model).spacing_range))
 
 
-def _record(source: Path, model, step: int, lattice, pixel_yx, args, contrast=None) -> dict:
+def _record(
+    source: Path, model, step: int, lattice, pixel_yx, args, contrast=None, correction=None
+) -> dict:
     from stem_ae.io import processing_record
 
     contrast = contrast or getattr(args, "contrast", None)
@@ -527,8 +529,18 @@ def _record(source: Path, model, step: int, lattice, pixel_yx, args, contrast=No
         resampling_factor=_resampling_factor(lattice, model, contrast),
         pixel_size=pixel_yx,
         source=source,
+        correction=correction,
         command="stem-ae denoise",
     )
+
+
+def _correction_text(report: dict) -> str:
+    """The correction's decision in a few words: noise, data put back and at what width."""
+    noise = f"{report['noise']} noise" if report["noise"] else "noise not judged"
+    weight = report["data_weight"]
+    if weight <= 0:
+        return f"{noise}, network's output kept"
+    return f"{noise}, data back x{weight:.2g} at {report['bandwidth_px']:.2g} px"
 
 
 def _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args) -> None:
@@ -739,19 +751,21 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                     progress=progress,
                     contrast=contrast,
                     residual=args.residual,
+                    return_report=True,
                     **options,
                 )
-                result = result if isinstance(result, tuple) else (result,)
-                denoised = result[0]
+                denoised, report = result[0], result[-1]
                 spread = result[1] if args.uncertainty else None
-                record = _record(meta.path, model, used_step, lattice, pixel_yx, args, contrast)
+                record = _record(
+                    meta.path, model, used_step, lattice, pixel_yx, args, contrast, report
+                )
                 _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args)
                 if args.mask:
                     from stem_ae.io import write_image
 
                     write_image(
                         plan["mask"],
-                        result[-1],
+                        result[-2],
                         record={**record, "output": "crystal map (1 lattice, 0 not)"},
                         pixel_size=pixel_yx,
                         frame_interval=meta.frame_interval,
@@ -765,8 +779,8 @@ def _cmd_denoise(args: argparse.Namespace) -> int:
                 f"{meta.path} -> {plan['denoised']}: {_format_shape(meta.shape)} {meta.dtype}, "
                 f"pixel size {_pixel_yx_text(pixel_yx, source_text)}, lattice "
                 f"{_spacings_text(lattice, used)}, {contrast} columns, model {used_name}, step "
-                f"{used_step}, resampled x{record['resampling_factor']:.3g}, {elapsed:.1f} s"
-                + (f" (+ {extra})" if extra else "")
+                f"{used_step}, resampled x{record['resampling_factor']:.3g}, "
+                f"{_correction_text(report)}, {elapsed:.1f} s" + (f" (+ {extra})" if extra else "")
             )
             for warning in caught:
                 text = _one_line(warning.message)
@@ -851,6 +865,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
                 + f", {record.get('date')}",
             )
         )
+        correction = record.get("correction")
+        if isinstance(correction, dict) and "data_weight" in correction:
+            lines.append(
+                ("correction", f"{_correction_text(correction)} ({correction.get('rule')})")
+            )
     if min(meta.shape[-2:]) < WINDOW or not finite.all() or data.min() == data.max():
         lines.append(("lattice", "not measured (image too small, constant or not finite)"))
     else:

@@ -139,6 +139,7 @@ class _Plan:
     smooth_sigma: float = 0.0  # Gaussian for the parts that are not a crystal, input px (0: none)
     excess: float = float("nan")  # the network's error over the noise (residual="auto")
     whiteness: float = float("nan")  # the noise spectrum's largest power ratio (1: white)
+    gate: str = ""  # what set residual_weight (residual="auto"): see _gate_reason
     dark: bool = False  # dark columns (ABF, BF): the image is denoised as its inverse
     spacing: float = 0.0  # measured dominant lattice spacing, input px
     noise_variance: float = 0.0  # normalised units; > 0 switches the local consistency step on
@@ -207,6 +208,7 @@ def denoise(
     residual: str | float = "auto",
     contrast: str = "auto",
     return_mask: bool = False,
+    return_report: bool = False,
 ):
     """Denoise an atomic-resolution STEM image, a frame series or a Dask array.
 
@@ -241,9 +243,9 @@ def denoise(
          frame-averaged or afterglow noise of real scans), SURE's risk is unbiased and the
          weight is 1 (not at spacings under 8 px, nor for dark columns). On noisy real images
          (dense excess 0.1–0.5, convolutional 0.0–0.2) nothing is added: any data put back
-         costs column precision there; at a high dose the data win. For a dense network with an excess of
-         3 or more (:data:`WHITE_EXCESS`) the bandwidth is SURE's under the white noise
-         estimate (fourth-order differences): there the spectrum, measured on the residual,
+         costs column precision there; at a high dose the data win. For a dense network with
+         an excess of 3 or more (:data:`WHITE_EXCESS`) the bandwidth is SURE's under the white
+         noise estimate (fourth-order differences): there the spectrum, measured on the residual,
          holds the network's error as well (3× the noise at 64 counts/px) and over-smoothed
          the data put back (up to −5 dB on simulated scenes at 64 counts/px);
        * a one-sided local consistency test: where the network is brighter than the data by
@@ -336,6 +338,15 @@ def denoise(
         Also return the crystal map, float32 in [0, 1] (1: a lattice; 0: amorphous, vacuum,
         noise), same shape as ``image``; all ones when the whole image is taken as one crystal
         or ``residual`` is not ``"auto"`` or ``"periodic"``.
+    return_report : bool
+        Also return, last, a JSON-ready dict of what the correction (step 5) measured and
+        decided: ``noise`` (``"white"``, ``"correlated"`` or None when not judged) and its
+        ``whiteness``, the network's ``excess_error`` over the noise, the ``rule`` that set
+        ``data_weight`` (the fraction of the low-passed residual put back) and
+        ``bandwidth_px`` (its Gaussian, input px), ``outside_crystal_sigma_px`` (0: the whole
+        image a crystal), ``erased_motif_columns`` (sublattices the data were put back for),
+        ``periodic_fold``, and ``contrast``, ``step``, ``resampling_factor``. The command line
+        and a ``Signal2D`` result keep it in the record of processing (``correction``).
 
     Returns
     -------
@@ -344,11 +355,14 @@ def denoise(
     spread : same type and shape, float32
         Only with ``return_uncertainty``.
     mask : same type and shape, float32
-        Only with ``return_mask``, last.
+        Only with ``return_mask``.
+    report : dict
+        Only with ``return_report``, last.
 
-    For a ``Signal2D`` input both are ``Signal2D`` with its axes (scale, units, offset),
+    For a ``Signal2D`` input the arrays are ``Signal2D`` with its axes (scale, units, offset),
     metadata and original metadata, and the record of processing
-    (:func:`stem_ae.io.processing_record`) under ``metadata.Processing.stem_ae``.
+    (:func:`stem_ae.io.processing_record`, with the report as ``correction``) under
+    ``metadata.Processing.stem_ae``.
 
     Raises
     ------
@@ -420,6 +434,8 @@ def denoise(
             denoised, spread = block(image, (0, 0), progress=progress)
         else:
             denoised, spread = run_frames(image, block, return_uncertainty, workers, progress)
+    report = _report(plan, residual)
+    mask = _crystal_mask(image, lazy, plan) if return_mask else None
     if signal is not None:
         from stem_ae.io import processing_record
 
@@ -431,14 +447,22 @@ def denoise(
             lattice=plan.lattice,
             resampling_factor=plan.scaled[-1] / plan.shape[-1],
             pixel_size=signal_info["pixel_size"],
+            correction=report,
         )
-        return _hyperspy.signal_result(
+        result = _hyperspy.signal_result(
             signal, denoised, spread if return_uncertainty else None, record=record
         )
-    outputs = (denoised, spread) if return_uncertainty else (denoised,)
-    if return_mask:
-        outputs += (_crystal_mask(image, lazy, plan),)
-    return outputs if len(outputs) > 1 else denoised
+        outputs = result if isinstance(result, tuple) else (result,)
+        if return_mask:
+            map_record = {**record, "output": "crystal map (1 lattice, 0 not)"}
+            outputs += (_hyperspy.to_signal(signal, mask, map_record, output="crystal map"),)
+    else:
+        outputs = (denoised, spread) if return_uncertainty else (denoised,)
+        if return_mask:
+            outputs += (mask,)
+    if return_report:
+        outputs += (report,)
+    return outputs if len(outputs) > 1 else outputs[0]
 
 
 def _crystal_mask(image, lazy, plan):
@@ -794,6 +818,58 @@ def _check_residual(residual) -> str | float:
     )
 
 
+def _gate_reason(whiteness: float, coarse: bool, dark: bool) -> str:
+    """What sets the weight of the data put back under ``residual="auto"``: ``"white noise"``
+    (SURE alone, weight 1) or why the gate holds instead (:data:`WHITE_TOLERANCE`)."""
+    if not np.isfinite(whiteness):
+        return "noise not judged (too few spectrum bins)"
+    if whiteness > WHITE_TOLERANCE:
+        return "correlated noise"
+    if dark:
+        return "dark columns"
+    return "coarse sampling" if coarse else "white noise"
+
+
+def _report(plan: _Plan, residual) -> dict:
+    """``denoise(return_report=True)``: what the correction (step 5) measured and decided."""
+
+    def number(value):
+        return float(value) if np.isfinite(value) else None
+
+    auto = residual in AUTO_MODES
+    if auto:
+        rule = (
+            "white noise: SURE alone puts the data back"
+            if plan.gate == "white noise"
+            else f"{plan.gate}: the network's excess error over the noise gates the data"
+        )
+        weight = plan.residual_weight if plan.residual_sigma > 0 else 0.0
+    elif residual == "none":
+        rule, weight = "the network's output alone", 0.0
+    elif residual == "sure":
+        rule, weight = "white-noise SURE, always on", 1.0 if plan.residual_sigma > 0 else 0.0
+    else:
+        rule, weight = "a fixed bandwidth", 1.0 if plan.residual_sigma > 0 else 0.0
+    whiteness = number(plan.whiteness)
+    return {
+        "residual": residual,
+        "contrast": "dark" if plan.dark else "bright",
+        "step": plan.step,
+        "resampling_factor": plan.scaled[-1] / plan.shape[-1],
+        "noise": None
+        if whiteness is None
+        else ("white" if whiteness <= WHITE_TOLERANCE else "correlated"),
+        "whiteness": whiteness,
+        "excess_error": number(plan.excess),
+        "rule": rule,
+        "data_weight": float(weight),
+        "bandwidth_px": float(plan.residual_sigma),
+        "outside_crystal_sigma_px": float(plan.smooth_sigma) if auto else None,
+        "erased_motif_columns": len(plan.erased),
+        "periodic_fold": plan.periodic is not None,
+    }
+
+
 def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress):
     """``(plan, pilot)``: the plan with the residual correction's bandwidth and noise variance.
 
@@ -817,7 +893,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
     sigmas = tuple(s for s in RESIDUAL_SIGMAS if s == 0 or s >= floor)
     width = CONSISTENCY_WIDTH * plan.spacing
     weight, smooth, strength, fractions = 1.0, 0.0, None, None
-    whiteness = float("nan")
+    whiteness, gate = float("nan"), ""
     # lattice spacings under 8 px: a dense network's painted column stands ~3σ above the data
     # at 1 count/px (the peak bar), and SURE's white rule lost precision there (and PSNR at
     # 1 count/px)
@@ -837,8 +913,8 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         # white noise: SURE decides alone; correlated noise, a coarse sampling or dark columns:
         # the gate (WHITE_TOLERANCE)
         whiteness = spectrum_whiteness(spectrum)
-        white_noise = whiteness <= WHITE_TOLERANCE and not (coarse or plan.dark)
-        weight = 1.0 if white_noise else _excess_weight(excess, runner.architecture)
+        gate = _gate_reason(whiteness, coarse, plan.dark)
+        weight = 1.0 if gate == "white noise" else _excess_weight(excess, runner.architecture)
         periodic, folded = None, estimate
         if residual == "periodic" and plan.reciprocal is not None and weight < 1:
             # the network's error that repeats in every cell, followed along the local lattice
@@ -883,6 +959,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         smooth_sigma=smooth,
         excess=excess if residual in AUTO_MODES else float("nan"),
         whiteness=whiteness if residual in AUTO_MODES else float("nan"),
+        gate=gate,
         erased=tuple(map(tuple, erased)),
         site_nn=site_nn,
         periodic=periodic if residual == "periodic" else None,

@@ -923,6 +923,7 @@ def processing_record(
     pixel_size: float | tuple[float, float] | None = None,
     source: str | os.PathLike | None = None,
     output: str = "denoised",
+    correction: dict | None = None,
     **parameters: Any,
 ) -> dict:
     """A JSON-ready record of how an output was made, for :func:`write_image` to store.
@@ -948,6 +949,9 @@ def processing_record(
         The input file: its name and sha256 are kept (not its folder).
     output : str
         What the output holds: ``"denoised"`` or ``"uncertainty"``.
+    correction : dict, optional
+        What the residual correction measured and decided (``denoise(return_report=True)``):
+        kept as ``correction``.
     **parameters
         Further JSON-ready parameters (e.g. ``residual="sure"``).
 
@@ -956,7 +960,8 @@ def processing_record(
     dict
         ``software``, ``version``, ``function``, ``date`` (ISO 8601, UTC), ``output``,
         ``model`` (``name``, ``config_sha256``), ``parameters``, ``lattice``,
-        ``resampling_factor``, ``pixel_size_yx_angstrom``, ``input`` (``name``, ``sha256``).
+        ``resampling_factor``, ``pixel_size_yx_angstrom``, ``input`` (``name``, ``sha256``),
+        and ``correction`` when given.
 
     Examples
     --------
@@ -996,6 +1001,7 @@ def processing_record(
             "resampling_factor": None if resampling_factor is None else float(resampling_factor),
             "pixel_size_yx_angstrom": None if pixel_size_yx is None else list(pixel_size_yx),
             "input": input_record,
+            **({"correction": correction} if correction is not None else {}),
         }
     )
 

@@ -430,6 +430,15 @@ def test_series_with_non_square_pixels_keeps_calibration_time_and_record(tmp_pat
     _, spread_meta = read_image(tmp_path / "out_uncertainty.tif")
     assert spread_meta.processing["output"] == "uncertainty"
     assert {"out.png", "out_frames.png"} <= {p.name for p in tmp_path.iterdir()}
+    # the correction's decision travels with the data, and the summary line says it
+    correction = record["correction"]
+    assert correction["residual"] == "auto" and correction["noise"] in ("white", "correlated")
+    assert 0 <= correction["data_weight"] <= 1 and correction["bandwidth_px"] >= 0
+    assert f"{correction['noise']} noise" in result.stdout
+    assert spread_meta.processing["correction"] == correction
+    info = run("info", out)
+    assert info.returncode == 0, info.stderr
+    assert "correction" in info.stdout and correction["rule"] in info.stdout
 
 
 def test_dm3_to_hspy_keeps_axes_dm_tags_and_record(tmp_path, tiny_model):

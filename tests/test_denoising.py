@@ -171,6 +171,26 @@ def test_residual_correction_raises_psnr_and_removes_invented_columns():
     assert invented[1] < invented[0]
 
 
+def test_report_says_what_the_correction_did_and_changes_no_pixel(dense_model):
+    import json
+
+    rng = np.random.default_rng(5)
+    image = lattice_image((96, 96), 8.0, 10.0, "square", rng)
+    plain = denoise(image, model=dense_model, residual="none")
+    out, report = denoise(image, model=dense_model, residual="none", return_report=True)
+    assert np.array_equal(out, plain)
+    assert report["rule"] == "the network's output alone" and report["data_weight"] == 0
+    assert report["noise"] is None and report["step"] == 3
+    out, mask, report = denoise(
+        image, model=dense_model, residual=1.5, return_mask=True, return_report=True
+    )
+    assert mask.shape == image.shape
+    assert report["bandwidth_px"] == 1.5 and report["data_weight"] == 1
+    report = denoise(image, model=dense_model, return_report=True)[-1]
+    assert report["residual"] == "auto" and report["noise"] in ("white", "correlated")
+    assert json.loads(json.dumps(report)) == report  # JSON-ready, for the record
+
+
 @pytest.mark.parametrize("residual", ["bogus", -1.0, float("nan"), True])
 def test_bad_residual_option_raises(residual):
     with pytest.raises(ValueError, match="residual"):
@@ -188,10 +208,12 @@ def test_auto_keeps_correlated_noise_out_and_beats_the_network_alone():
 
     noise = NoiseModel(dose=4.0, afterglow=1.5, row_offset_rel=0.03)
     scene = simulate_scene((192, 192), pixel_size=0.2, dose=4.0, noise=noise, rng=11)
-    auto = denoise(scene.noisy, pixel_size=0.2)
+    auto, report = denoise(scene.noisy, pixel_size=0.2, return_report=True)
     alone = denoise(scene.noisy, pixel_size=0.2, residual="none")
     white = denoise(scene.noisy, pixel_size=0.2, residual="sure")
     assert psnr(scene.clean, auto) >= psnr(scene.clean, alone) - 0.1
+    assert report["noise"] == "correlated" and report["whiteness"] > 1.8
+    assert report["rule"].startswith("correlated noise") and report["data_weight"] < 1
 
     def row_noise(image):  # scan-row power: the spread of the row means about their trend
         rows = image.mean(axis=1)
@@ -237,7 +259,10 @@ def test_under_white_noise_sure_decides_alone_and_beats_the_best_gaussian():
     # network under correlated noise is off and the data come back: 30.5 dB, the network alone
     # 24.1, the best Gaussian 27.9 (the gate alone: 25.2)
     scene = _quality_scene(4.0)
-    auto = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2))
+    out, report = denoise(scene.noisy, pixel_size=0.2, return_report=True)
+    assert report["noise"] == "white" and report["whiteness"] <= 1.8
+    assert report["rule"].startswith("white noise") and report["data_weight"] == 1
+    auto = psnr(scene.clean, out)
     alone = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2, residual="none"))
     gaussian = max(
         psnr(scene.clean, ndimage.gaussian_filter(scene.noisy, s)) for s in (0.5, 1, 1.5, 2, 3)

@@ -166,6 +166,21 @@ def test_denoise_of_a_signal_is_a_signal_with_its_axes_and_the_record():
     assert "Processing" not in signal.metadata
 
 
+def test_denoise_of_a_signal_returns_the_crystal_map_and_the_report_too():
+    from stem_ae import denoise
+
+    signal = _scene_signal()
+    denoised, mask, report = denoise(signal, step=4, return_mask=True, return_report=True)
+    assert is_signal2d(denoised) and is_signal2d(mask) and isinstance(report, dict)
+    assert mask.data.shape == signal.data.shape and mask.data.dtype == np.float32
+    assert mask.metadata.Processing.stem_ae.output.startswith("crystal map")
+    assert mask.axes_manager.signal_axes[0].scale == signal.axes_manager.signal_axes[0].scale
+    assert denoised.metadata.Processing.stem_ae.correction.as_dictionary() == {
+        k: v for k, v in report.items() if v is not None
+    }
+    assert np.array_equal(denoised.data, denoise(signal, step=4).data)
+
+
 def test_denoise_of_a_stack_signal_keeps_the_navigation_axis():
     from stem_ae import denoise
 
