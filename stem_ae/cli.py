@@ -535,12 +535,14 @@ def _record(
 
 
 def _correction_text(report: dict) -> str:
-    """The correction's decision in a few words: noise, data put back and at what width."""
-    noise = f"{report['noise']} noise" if report["noise"] else "noise not judged"
-    weight = report["data_weight"]
-    if weight <= 0:
-        return f"{noise}, network's output kept"
-    return f"{noise}, data back x{weight:.2g} at {report['bandwidth_px']:.2g} px"
+    """The correction's decision in a few words: why, and how much of the data went back."""
+    weight, width = report["data_weight"], report["bandwidth_px"]
+    action = (
+        "network's output kept" if weight <= 0 else f"data back x{weight:.2g} at {width:.2g} px"
+    )
+    if report["residual"] in ("auto", "periodic"):  # the rule starts with its reason
+        return f"{report['rule'].split(':')[0]}: {action}"
+    return f"residual {report['residual']}: {action}"
 
 
 def _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args) -> None:
@@ -867,9 +869,13 @@ def _cmd_info(args: argparse.Namespace) -> int:
         )
         correction = record.get("correction")
         if isinstance(correction, dict) and "data_weight" in correction:
-            lines.append(
-                ("correction", f"{_correction_text(correction)} ({correction.get('rule')})")
+            measured = ", ".join(
+                f"{label} {correction[key]:.3g}"
+                for key, label in (("whiteness", "noise whiteness"), ("excess_error", "excess"))
+                if isinstance(correction.get(key), (int, float))
             )
+            text = _correction_text(correction) + (f" ({measured})" if measured else "")
+            lines.append(("correction", text))
     if min(meta.shape[-2:]) < WINDOW or not finite.all() or data.min() == data.max():
         lines.append(("lattice", "not measured (image too small, constant or not finite)"))
     else:
