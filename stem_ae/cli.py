@@ -540,9 +540,7 @@ def _correction_text(report: dict) -> str:
     action = (
         "network's output kept" if weight <= 0 else f"data back x{weight:.2g} at {width:.2g} px"
     )
-    if report["residual"] in ("auto", "periodic"):  # the rule starts with its reason
-        return f"{report['rule'].split(':')[0]}: {action}"
-    return f"residual {report['residual']}: {action}"
+    return f"{report['reason'] or 'residual ' + str(report['residual'])}: {action}"
 
 
 def _write_outputs(plan, image, denoised, spread, meta, pixel_yx, record, args) -> None:

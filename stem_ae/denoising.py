@@ -341,7 +341,9 @@ def denoise(
     return_report : bool
         Also return, last, a JSON-ready dict of what the correction (step 5) measured and
         decided: ``noise`` (``"white"``, ``"correlated"`` or None when not judged) and its
-        ``whiteness``, the network's ``excess_error`` over the noise, the ``rule`` that set
+        ``whiteness``, the network's ``excess_error`` over the noise, the ``reason`` (``"white
+        noise"``, or why the gate holds: ``"correlated noise"``, ``"coarse sampling"``, ``"dark
+        columns"``; None unless ``"auto"``/``"periodic"``) and ``rule`` that set
         ``data_weight`` (the fraction of the low-passed residual put back) and
         ``bandwidth_px`` (its Gaussian, input px), ``outside_crystal_sigma_px`` (0: the whole
         image a crystal), ``erased_motif_columns`` (sublattices the data were put back for),
@@ -818,13 +820,19 @@ def _check_residual(residual) -> str | float:
     )
 
 
+def _noise_kind(whiteness: float) -> str | None:
+    """``"white"`` or ``"correlated"`` by :data:`WHITE_TOLERANCE`; None when not judged."""
+    if not np.isfinite(whiteness):
+        return None
+    return "white" if whiteness <= WHITE_TOLERANCE else "correlated"
+
+
 def _gate_reason(whiteness: float, coarse: bool, dark: bool) -> str:
     """What sets the weight of the data put back under ``residual="auto"``: ``"white noise"``
     (SURE alone, weight 1) or why the gate holds instead (:data:`WHITE_TOLERANCE`)."""
-    if not np.isfinite(whiteness):
-        return "noise not judged (too few spectrum bins)"
-    if whiteness > WHITE_TOLERANCE:
-        return "correlated noise"
+    noise = _noise_kind(whiteness)
+    if noise != "white":
+        return "correlated noise" if noise else "noise not judged (too few spectrum bins)"
     if dark:
         return "dark columns"
     return "coarse sampling" if coarse else "white noise"
@@ -836,33 +844,29 @@ def _report(plan: _Plan, residual) -> dict:
     def number(value):
         return float(value) if np.isfinite(value) else None
 
-    auto = residual in AUTO_MODES
-    if auto:
+    if residual in AUTO_MODES:
         rule = (
-            "white noise: SURE alone puts the data back"
+            "SURE alone puts the data back"
             if plan.gate == "white noise"
-            else f"{plan.gate}: the network's excess error over the noise gates the data"
+            else "the network's excess error over the noise gates the data"
         )
-        weight = plan.residual_weight if plan.residual_sigma > 0 else 0.0
-    elif residual == "none":
-        rule, weight = "the network's output alone", 0.0
-    elif residual == "sure":
-        rule, weight = "white-noise SURE, always on", 1.0 if plan.residual_sigma > 0 else 0.0
     else:
-        rule, weight = "a fixed bandwidth", 1.0 if plan.residual_sigma > 0 else 0.0
-    whiteness = number(plan.whiteness)
+        rule = {
+            "none": "the network's output alone",
+            "sure": "white-noise SURE, always on",
+        }.get(residual, "a fixed bandwidth")
+    auto = residual in AUTO_MODES
     return {
         "residual": residual,
         "contrast": "dark" if plan.dark else "bright",
         "step": plan.step,
         "resampling_factor": plan.scaled[-1] / plan.shape[-1],
-        "noise": None
-        if whiteness is None
-        else ("white" if whiteness <= WHITE_TOLERANCE else "correlated"),
-        "whiteness": whiteness,
+        "noise": _noise_kind(plan.whiteness),
+        "whiteness": number(plan.whiteness),
         "excess_error": number(plan.excess),
+        "reason": plan.gate if auto else None,
         "rule": rule,
-        "data_weight": float(weight),
+        "data_weight": float(plan.residual_weight) if plan.residual_sigma > 0 else 0.0,
         "bandwidth_px": float(plan.residual_sigma),
         "outside_crystal_sigma_px": float(plan.smooth_sigma) if auto else None,
         "erased_motif_columns": len(plan.erased),
@@ -958,7 +962,7 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         auto=residual in AUTO_MODES,
         smooth_sigma=smooth,
         excess=excess if residual in AUTO_MODES else float("nan"),
-        whiteness=whiteness if residual in AUTO_MODES else float("nan"),
+        whiteness=whiteness,
         gate=gate,
         erased=tuple(map(tuple, erased)),
         site_nn=site_nn,

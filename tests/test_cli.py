@@ -434,11 +434,11 @@ def test_series_with_non_square_pixels_keeps_calibration_time_and_record(tmp_pat
     correction = record["correction"]
     assert correction["residual"] == "auto" and correction["noise"] in ("white", "correlated")
     assert 0 <= correction["data_weight"] <= 1 and correction["bandwidth_px"] >= 0
-    assert f"{correction['rule'].split(':')[0]}: " in result.stdout
+    assert f"{correction['reason']}: " in result.stdout
     assert spread_meta.processing["correction"] == correction
     info = run("info", out)
     assert info.returncode == 0, info.stderr
-    assert f"correction  {correction['rule'].split(':')[0]}: " in info.stdout
+    assert f"correction  {correction['reason']}: " in info.stdout
 
 
 def test_dm3_to_hspy_keeps_axes_dm_tags_and_record(tmp_path, tiny_model):

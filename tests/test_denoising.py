@@ -213,7 +213,7 @@ def test_auto_keeps_correlated_noise_out_and_beats_the_network_alone():
     white = denoise(scene.noisy, pixel_size=0.2, residual="sure")
     assert psnr(scene.clean, auto) >= psnr(scene.clean, alone) - 0.1
     assert report["noise"] == "correlated" and report["whiteness"] > 1.8
-    assert report["rule"].startswith("correlated noise") and report["data_weight"] < 1
+    assert report["reason"] == "correlated noise" and report["data_weight"] < 1
 
     def row_noise(image):  # scan-row power: the spread of the row means about their trend
         rows = image.mean(axis=1)
@@ -261,7 +261,7 @@ def test_under_white_noise_sure_decides_alone_and_beats_the_best_gaussian():
     scene = _quality_scene(4.0)
     out, report = denoise(scene.noisy, pixel_size=0.2, return_report=True)
     assert report["noise"] == "white" and report["whiteness"] <= 1.8
-    assert report["rule"].startswith("white noise") and report["data_weight"] == 1
+    assert report["reason"] == "white noise" and report["data_weight"] == 1
     auto = psnr(scene.clean, out)
     alone = psnr(scene.clean, denoise(scene.noisy, pixel_size=0.2, residual="none"))
     gaussian = max(
