@@ -44,6 +44,15 @@ Scores (``stem_ae.analysis``; dark-contrast images are inverted before finding c
   the raw image's (0 = no lattice signal removed); **streak left**: power on the scan-row
   frequencies (the k_x = 0 column of the spectrum, above half the lowest lattice frequency,
   reflections excluded) of the output over the raw image's (1 = row noise untouched);
+- **shift kept** (methods in ``SHIFT_METHODS``): a bias check with a known answer. Up to 8 columns
+  of the raw crop that fit the lattice are moved by 0.08 × the NN distance in random directions
+  (``make_shift``: each column moves whole within 0.3 × NN of its centre, the displacement falls
+  to 0 at 0.5 × NN, so its neighbours stay; cubic interpolation; everywhere else the pixels, noise
+  included, are the raw ones), the method runs on that crop too, and the displacement of each
+  moved column between its two outputs is divided by the one the raw image shows between the two
+  crops (``shifts_shown``), averaged over the columns both show. 1: the output keeps the data's
+  displacement; below 1: it pulls displaced columns back towards a perfect lattice — which the
+  lattice-fit RMS above rewards, and which would hide a real displacement at a defect;
 - **s**: wall-clock seconds of the method on the scored crop (this machine, shared cores).
 
 Run ``python benchmarks/real.py`` (``--quick`` for a smoke run on the images in ``data/``,
@@ -66,7 +75,7 @@ import sys
 import textwrap
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +101,13 @@ MONTAGE_SIDE = 9.0  # side of the montage crops, in nearest-neighbour distances
 QUICK_SIDE = 256
 KEPT_FOR_RMS = 0.9  # the best RMS is marked among methods that keep at least this many sites
 MOTIF_MIN_KEPT = 0.3  # a motif column stays in the reference if the raw image keeps it this often
+SHIFT_FRACTION = 0.08  # displacement injected at a column (shift kept), × the NN distance
+SHIFT_RADIUS = 0.3  # each displaced column moves whole within this radius, × the NN distance
+SHIFT_TAPER = 0.5  # ... and the displacement falls to 0 at this one (cos²), × the NN distance
+SHIFT_SPACING = 3.0  # least distance between two displaced columns, × the NN distance
+SHIFT_BUMPS = 8  # displaced columns per image, at most
+SHIFT_SEED = 13
+SHIFT_METHODS = ("raw", "gaussian", "bm3d", "default", "sure", "periodic", "network", "conv")
 
 
 @dataclass
@@ -232,6 +248,8 @@ COLUMNS = (
     "invented",
     "lattice_removed",
     "streak_left",
+    "shift_kept",
+    "shifts_measured",
     "n_columns",
     "n_sites",
     "kept_by_motif",
@@ -276,6 +294,118 @@ def context(raw: np.ndarray, bright: bool, pixel_size: float, pinned=None) -> Co
     )
 
 
+@dataclass
+class Shift:
+    """Known displacements injected into the raw crop (the **shift kept** score)."""
+
+    warped: np.ndarray  # the raw crop with the columns at ``centres`` moved
+    centres: np.ndarray  # (K, 2) px: the displaced columns, as found in the raw crop
+    directions: np.ndarray  # (K, 2) unit vectors (y, x)
+    amplitude: float  # px
+    radius: float  # px
+    taper: float  # px
+    reference: np.ndarray | None = None  # (K,) px: what the raw crop itself shows (shifts_shown)
+
+    def field(self, points: np.ndarray) -> np.ndarray:
+        """The displacement ``u`` (px, (y, x)) at ``points`` (N, 2): ``amplitude`` within
+        ``radius`` of a centre (the column moves whole), falling as cos² to 0 at ``taper``."""
+        offset = np.asarray(points, np.float64)[:, None, :] - self.centres[None]
+        distance = np.sqrt(np.sum(offset**2, axis=-1))
+        r = np.clip((distance - self.radius) / (self.taper - self.radius), 0.0, 1.0)
+        weight = np.cos(0.5 * np.pi * r) ** 2
+        return self.amplitude * weight @ self.directions
+
+    def moved(self, points: np.ndarray) -> np.ndarray:
+        """Where a feature at ``points`` lies in ``warped``: ``p' = p + u(p')``, by iteration."""
+        points = np.asarray(points, np.float64)
+        moved = points.copy()
+        for _ in range(8):
+            moved = points + self.field(moved)
+        return moved
+
+
+def make_shift(ctx: Context) -> Shift | None:
+    """Displace up to :data:`SHIFT_BUMPS` columns of the raw crop by a known amount.
+
+    The columns are raw columns that fit a lattice site, at least :data:`SHIFT_SPACING` NN
+    distances apart and 1.5 from the edge, each moved by :data:`SHIFT_FRACTION` × NN in a random
+    direction (seeded): whole within :data:`SHIFT_RADIUS` × NN of its centre, the displacement
+    falling to 0 at :data:`SHIFT_TAPER` × NN (half-way to the next column), so its neighbours
+    stay where they are; ``warped(p) = raw(p − u(p))``, cubic spline interpolation. Outside the
+    displaced spots the pixels are the raw ones, noise included, so each method sees the same
+    data twice but for the moved columns, whose noise moves with them. None if no column
+    qualifies.
+    """
+    signed = _bright(ctx.raw, ctx)
+    try:
+        columns = find_columns(signed, min_distance=0.5 * ctx.nn_distance)
+    except ValueError:
+        return None
+    fit = fit_lattice(columns, ctx.reciprocal, ctx.motif, ctx.raw.shape)
+    candidates = fit.columns[fit.matched[fit.matched >= 0]]
+    margin = 1.5 * ctx.nn_distance
+    inside = np.all((candidates >= margin) & (candidates < np.array(ctx.raw.shape) - margin), 1)
+    rng = np.random.default_rng(SHIFT_SEED)
+    chosen: list[np.ndarray] = []
+    for point in candidates[inside][rng.permutation(int(inside.sum()))]:
+        if all(np.hypot(*(point - c)) >= SHIFT_SPACING * ctx.nn_distance for c in chosen):
+            chosen.append(point)
+        if len(chosen) == SHIFT_BUMPS:
+            break
+    if not chosen:
+        return None
+    angles = rng.uniform(0.0, 2.0 * np.pi, len(chosen))
+    shift = Shift(
+        ctx.raw,
+        np.array(chosen),
+        np.stack([np.sin(angles), np.cos(angles)], axis=1),
+        SHIFT_FRACTION * ctx.nn_distance,
+        SHIFT_RADIUS * ctx.nn_distance,
+        SHIFT_TAPER * ctx.nn_distance,
+    )
+    grid = np.indices(ctx.raw.shape, dtype=np.float64).reshape(2, -1).T
+    u = shift.field(grid).T.reshape(2, *ctx.raw.shape)
+    coordinates = np.indices(ctx.raw.shape, dtype=np.float64) - u
+    warped = ndimage.map_coordinates(ctx.raw, coordinates, order=3, mode="reflect")
+    shift = replace(shift, warped=warped)
+    return replace(shift, reference=shifts_shown(ctx.raw, warped, ctx, shift))
+
+
+def shifts_shown(output: np.ndarray, warped_output: np.ndarray, ctx: Context, shift: Shift):
+    """The displacement (px, along each injected direction) of each displaced column between an
+    output and the output of the displaced crop; NaN where either output shows no column there."""
+    separation = 0.5 * ctx.nn_distance
+    shown = np.full(len(shift.centres), np.nan)
+    try:
+        before = find_columns(_bright(output, ctx), min_distance=separation)
+        after = find_columns(_bright(warped_output, ctx), min_distance=separation)
+    except ValueError:
+        return shown
+    radius = 0.3 * ctx.nn_distance
+    for k, (centre, direction) in enumerate(zip(shift.centres, shift.directions, strict=True)):
+        distance = np.hypot(*(before - centre).T)
+        if not len(before) or distance.min() > radius:
+            continue
+        start = before[np.argmin(distance)]
+        expected = shift.moved(start[None])[0] - start
+        distance = np.hypot(*(after - (start + expected)).T)
+        if not len(after) or distance.min() > radius:
+            continue
+        shown[k] = float((after[np.argmin(distance)] - start) @ direction)
+    return shown
+
+
+def shift_kept(shown: np.ndarray, shift: Shift) -> tuple[float, int]:
+    """``(ratio, n)``: the displacement an output shows over the one the raw crop shows (the
+    raw image's reading of the same moved columns, ``shift.reference``), mean over the columns
+    both show (1 = all of it; a prior that pulls columns back onto a perfect lattice keeps
+    less), and how many that is."""
+    both = np.isfinite(shown) & np.isfinite(shift.reference)
+    if not both.any():
+        return float("nan"), 0
+    return float(np.mean(shown[both] / shift.reference[both])), int(both.sum())
+
+
 def benchmark_image(image, methods, quick, log):
     """Rows (dicts) and montage panels for one registered image."""
     whole, pixel_size = realdata.load(image)
@@ -289,6 +419,7 @@ def benchmark_image(image, methods, quick, log):
         f"motif {len(ctx.motif)} column(s), NN {ctx.nn_distance:.2f} px. {ctx.lattice_note}"
     )
     rows, panels = [], {}
+    shift = make_shift(ctx)
     candidates = [(name, *METHODS[name]) for name in methods]
     reference = realdata.load_reference(image.name, whole.shape) if not quick else None
     if reference is not None:
@@ -313,6 +444,15 @@ def benchmark_image(image, methods, quick, log):
                 row.update(score(output, ctx), seconds=seconds, note=note)
             except ValueError as error:
                 row.update(seconds=seconds, note=f"not scored: {error}")
+            if shift is not None and name in SHIFT_METHODS:
+                try:
+                    warped_output = np.asarray(function(shift.warped, ctx)[0], np.float64)
+                except ValueError as error:
+                    row["note"] = f"{row['note']}; shifted crop refused: {error}".lstrip("; ")
+                else:
+                    shown = shifts_shown(output, warped_output, ctx, shift)
+                    ratio, count = shift_kept(shown, shift)
+                    row.update(shift_kept=ratio, shifts_measured=count)
         rows.append(row)
         log(f"  {name:16s} {_fmt(row['rms_px'])} px  {row['seconds']:.1f} s  {row['note']}")
     for row in rows:
@@ -490,7 +630,13 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
         "0.3 × the nearest-neighbour (NN) distance. **invented**: columns further than that from "
         "every site. **lattice removed**: power of `raw − output` at the lattice reflections "
         "over the raw image's (method noise; 0 is best). **streak left**: scan-row (k_x = 0) "
-        "power of the output over the raw's (lower removes more row noise). **s**: seconds on "
+        "power of the output over the raw's (lower removes more row noise). **shift kept**: "
+        f"{SHIFT_BUMPS} or fewer columns of the raw crop are moved by {SHIFT_FRACTION:g} × NN "
+        "(a known local displacement, as at a defect), the method runs again, and the "
+        "displacement its output shows is divided by the one the raw image shows, averaged over "
+        "the moved columns both show (1: the data's displacement kept; a prior that pulls "
+        "columns onto a perfect lattice keeps less; the number measured in brackets). **s**: "
+        "seconds on "
         "the scored crop. Every method runs on the scored region (the crop), not on the whole "
         "image. Details: the docstring of `benchmarks/real.py`. Where the sites are kept or "
         "lost and which columns count as invented, drawn: [`real_columns.png`](real_columns.png).",
@@ -519,9 +665,9 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
             "",
         ]
         text += [
-            "| method | RMS px | RMS pm | kept | invented | lattice removed | streak left | s |"
-            " note |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| method | RMS px | RMS pm | kept | invented | lattice removed | streak left |"
+            " shift kept | s | note |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         trusted = [r for r in image_rows if _kept(r) >= KEPT_FOR_RMS]
         best = min((r["rms_px"] for r in trusted), default=None)
@@ -538,7 +684,7 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
                 f"| {r['label']} | {rms} | {_fmt(r['rms_pm'], 1)} | "
                 f"{_fmt(r['sites_kept'], 2, True)} | {_fmt(r['invented'], 2, True)} | "
                 f"{_fmt(r['lattice_removed'], 3)} | {_fmt(r['streak_left'], 3)} | "
-                f"{_fmt(r['seconds'], 1)} | {note.rstrip('; ')} |"
+                f"{_shift_text(r)} | {_fmt(r['seconds'], 1)} | {note.rstrip('; ')} |"
             )
         if image.name in full_times:
             timing = full_times[image.name].rstrip(".")
@@ -552,6 +698,12 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
     _atomic_write(
         path, lambda tmp: Path(tmp).write_text("\n".join(text), encoding="utf-8"), overwrite=True
     )
+
+
+def _shift_text(row) -> str:
+    if row.get("shifts_measured", "") in ("", 0):
+        return "–"
+    return f"{_fmt(row['shift_kept'])} ({row['shifts_measured']})"
 
 
 def _kept(row) -> float:
