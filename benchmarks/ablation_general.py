@@ -162,7 +162,7 @@ def real_scores(model) -> dict[str, list[float]]:
         shift = real.make_shift(ctx)
         if shift is not None:
             warped = np.asarray(denoise(shift.warped, model=model, residual="none"), np.float64)
-            kept = real.shift_kept(real.shifts_shown(output, warped, ctx, shift), shift)[0]
+            kept = real.shift_kept(output, warped, ctx, shift)[0]
         scores[name] = [
             round(result["rms_px"], 3),
             round(result["sites_kept"], 3),

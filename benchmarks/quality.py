@@ -275,13 +275,14 @@ VARIANTS = {
 # one case
 
 
-def make_scene(kind, pixel_size, dose, seed, shape):
-    """The benchmark scene of one kind (see the module docstring)."""
+def make_scene(kind, pixel_size, dose, seed, shape, vacancies=True):
+    """The benchmark scene of one kind (see the module docstring); ``vacancies=False``: the same
+    scene (same seed, same columns) with its vacancies filled."""
     if kind == "mixed":
         return simulate_mixed_scene(shape, pixel_size=pixel_size, dose=dose, rng=seed)
     return simulate_scene(
         shape,
-        defect=["rp", "strain", "vacancies"],
+        defect=["rp", "strain", "vacancies"] if vacancies else ["rp", "strain"],
         strain=STRAIN,
         vacancy_fraction=VACANCIES,
         pixel_size=pixel_size,
@@ -647,20 +648,14 @@ def ideal_detection_lines(doses, pixel_size=EXTRA_PIXEL_SIZES[0], seeds=SEEDS, s
     for dose in doses:
         for contrast in ("dark", "bright"):
             by_type = {}
+            kind = "abf" if contrast == "dark" else "poisson"
             for seed in seeds:
-                kw = dict(
-                    strain=STRAIN,
-                    vacancy_fraction=VACANCIES,
-                    pixel_size=pixel_size,
-                    dose=dose,
-                    contrast=contrast,
-                    rng=seed,
-                )
-                holed = simulate_scene(shape, defect=["rp", "strain", "vacancies"], **kw)
-                full = simulate_scene(shape, defect=["rp", "strain"], **kw)
+                holed = make_scene(kind, pixel_size, dose, seed, shape)
+                full = make_scene(kind, pixel_size, dose, seed, shape, vacancies=False)
                 r = math.ceil(4.5 * holed.metadata["sigma_px"])
                 vacancies = holed.metadata["vacancies"]
-                for (y, x), kind in zip(vacancies["positions"], vacancies["types"], strict=True):
+                pairs = zip(vacancies["positions"], vacancies["types"], strict=True)
+                for (y, x), column_type in pairs:
                     yi, xi = round(y), round(x)
                     if not (r <= yi < shape[0] - r and r <= xi < shape[1] - r):
                         continue
@@ -669,7 +664,7 @@ def ideal_detection_lines(doses, pixel_size=EXTRA_PIXEL_SIZES[0], seeds=SEEDS, s
                     without = holed.clean[window].astype(np.float64)
                     mean = 0.5 * (with_column + without)
                     d = math.sqrt(np.sum((with_column - without) ** 2 / mean))
-                    by_type.setdefault(int(kind), []).append(d)
+                    by_type.setdefault(int(column_type), []).append(d)
             types = sorted(by_type)
             dprime = [float(np.mean(by_type[t])) for t in types]
             filled = [100 * (1 - norm.cdf(d - z99)) for d in dprime]

@@ -395,11 +395,12 @@ def shifts_shown(output: np.ndarray, warped_output: np.ndarray, ctx: Context, sh
     return shown
 
 
-def shift_kept(shown: np.ndarray, shift: Shift) -> tuple[float, int]:
-    """``(ratio, n)``: the displacement an output shows over the one the raw crop shows (the
-    raw image's reading of the same moved columns, ``shift.reference``), mean over the columns
-    both show (1 = all of it; a prior that pulls columns back onto a perfect lattice keeps
-    less), and how many that is."""
+def shift_kept(output, warped_output, ctx: Context, shift: Shift) -> tuple[float, int]:
+    """``(ratio, n)``: the displacement an output shows (``shifts_shown`` of the outputs of the
+    raw and the displaced crop) over the one the raw crop shows (``shift.reference``), mean over
+    the columns both show (1 = all of it; a prior that pulls columns back onto a perfect lattice
+    keeps less), and how many that is."""
+    shown = shifts_shown(output, warped_output, ctx, shift)
     both = np.isfinite(shown) & np.isfinite(shift.reference)
     if not both.any():
         return float("nan"), 0
@@ -450,8 +451,7 @@ def benchmark_image(image, methods, quick, log):
                 except ValueError as error:
                     row["note"] = f"{row['note']}; shifted crop refused: {error}".lstrip("; ")
                 else:
-                    shown = shifts_shown(output, warped_output, ctx, shift)
-                    ratio, count = shift_kept(shown, shift)
+                    ratio, count = shift_kept(output, warped_output, ctx, shift)
                     row.update(shift_kept=ratio, shifts_measured=count)
         rows.append(row)
         log(f"  {name:16s} {_fmt(row['rms_px'])} px  {row['seconds']:.1f} s  {row['note']}")

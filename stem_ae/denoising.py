@@ -936,7 +936,8 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         # the gate (WHITE_TOLERANCE)
         whiteness = spectrum_whiteness(spectrum)
         gate = _gate_reason(whiteness, coarse, plan.dark)
-        weight = 1.0 if gate == "white noise" else _excess_weight(excess, runner.architecture)
+        white_noise = gate == "white noise"
+        weight = 1.0 if white_noise else _excess_weight(excess, runner.architecture)
         periodic, folded = None, estimate
         if residual == "periodic" and plan.reciprocal is not None and weight < 1:
             # the network's error that repeats in every cell, followed along the local lattice
@@ -954,13 +955,13 @@ def _plan_correction(image, lazy, plan, runner, residual, uncertainty, progress)
         # back; the white estimate (fourth-order differences, blind to smooth errors) picks the
         # width (WHITE_EXCESS); so it does under white noise, which those differences measure
         # cleanly (WHITE_TOLERANCE)
-        white = runner.architecture == "dense" and (excess >= WHITE_EXCESS or gate == "white noise")
+        white = runner.architecture == "dense" and (excess >= WHITE_EXCESS or white_noise)
         colored = None if white else spectrum
         sigma = choose_residual_sigma(normalized, folded, sigmas, colored) if weight else 0.0
         variance = surround_variance(spectrum, width) if plan.spacing > 0 else 0.0
         # outside the crystal the data smoothed by SURE under the spectrum; under white noise
         # the correction chosen over the whole image holds there too (WHITE_TOLERANCE)
-        if partial and gate != "white noise":
+        if partial and not white_noise:
             smooth = smoothing_sigma(normalized, spectrum, where=~crystal)
         if plan.reciprocal is not None:  # a sublattice the network lost everywhere
             erased, site_nn = erased_columns(
