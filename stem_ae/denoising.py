@@ -68,8 +68,13 @@ NORMALIZATION_PERCENTILES = (0.1, 99.9)
 """Percentiles (of a strided subsample of at most ~1 Mpx) mapped to 0 and 1 before denoising."""
 
 CLIP_RANGE = (-1.0, 2.0)
-"""After normalisation, values are clipped to this range (hot pixels, dead pixels); everything a
+"""After normalisation, values outside this range (hot pixels, dead pixels, cosmic-ray spikes) are
+replaced by the median of their in-range neighbours (:data:`OUTLIER_NEIGHBOURHOOD`); everything a
 real image holds between the percentiles, plus a full range on either side, passes untouched."""
+
+OUTLIER_NEIGHBOURHOOD = 5
+"""Side (px) of the square whose in-range pixels give an out-of-range pixel its new value; where
+it holds none (a saturated patch), the value is clipped to :data:`CLIP_RANGE` instead."""
 
 MAX_UPSAMPLING = 4.0
 """Largest magnification of the sampling match (see :func:`_scale_factor`)."""
@@ -214,8 +219,9 @@ def denoise(
     """Denoise an atomic-resolution STEM image, a frame series or a Dask array.
 
     1. **Normalisation.** The 0.1 and 99.9 percentiles of the data (a strided subsample of at
-       most ~1 Mpx) are mapped to 0 and 1 and values are clipped to ``[-1, 2]``, so raw counts on
-       an offset, any dose, hot and dead pixels all look alike; this is undone at the end. A
+       most ~1 Mpx) are mapped to 0 and 1, so raw counts on an offset and any dose look alike;
+       values outside ``[-1, 2]`` (hot and dead pixels, spikes) take the median of their in-range
+       5 × 5 neighbours (the input array is not changed); this is undone at the end. A
        dark-column image (ABF, BF; ``contrast``) is mapped the other way round, so the network
        always sees bright columns, and is returned in its own contrast.
     2. **Sampling match.** The lattice is measured from the Fourier transform
@@ -609,7 +615,7 @@ def _measure(
     if not high > low:
         raise ValueError("the image is constant: there is no lattice to denoise.")
     frames = [
-        np.clip((f - low) / (high - low), *CLIP_RANGE) for f in crop.reshape(-1, *crop.shape[-2:])
+        _replace_outliers((f - low) / (high - low)) for f in crop.reshape(-1, *crop.shape[-2:])
     ]
     # the calibration bounds the search to spacings a lattice of atom columns can have; the
     # lattice constant stays a cross-check only (as a prior it made the mixed crystal/amorphous
@@ -1065,7 +1071,7 @@ def _correct(normalized, estimate, origin, plan, strength=None, fractions=None):
 
 
 def _normalise(block: np.ndarray, plan: _Plan) -> np.ndarray:
-    """The plan's percentiles to 0 and 1, clipped to :data:`CLIP_RANGE` (a new float32 array)."""
+    """The plan's percentiles to 0 and 1, out-of-range pixels replaced (a new float32 array)."""
     if not np.all(np.isfinite(block)):
         raise ValueError("image contains NaN or Inf; replace or mask them before denoising.")
     if plan.dark:  # dark columns (ABF, BF): denoised as the inverse, high -> 0, low -> 1
@@ -1073,7 +1079,36 @@ def _normalise(block: np.ndarray, plan: _Plan) -> np.ndarray:
     else:
         normalized = np.subtract(block, plan.low, dtype=np.float32)  # a new array: block is kept
     normalized /= plan.high - plan.low
-    return np.clip(normalized, *CLIP_RANGE, out=normalized)
+    return _replace_outliers(normalized)
+
+
+def _replace_outliers(normalized: np.ndarray) -> np.ndarray:
+    """Out-of-range pixels (:data:`CLIP_RANGE`) of normalised frames set, in place, to the median
+    of the in-range pixels around them (:data:`OUTLIER_NEIGHBOURHOOD`), else clipped.
+
+    A hot pixel or a spike clipped to the range's top would still stand twice as bright as the
+    brightest column, and the network draws it as a small column; the median of its neighbours is
+    what the image holds there. The caller's array is a copy: the input is never changed.
+    """
+    low, high = CLIP_RANGE
+    outside = (normalized < low) | (normalized > high)
+    if not outside.any():
+        return normalized
+    half = OUTLIER_NEIGHBOURHOOD // 2
+    masked = np.where(outside, np.float32(np.nan), normalized)
+    pad = [(0, 0)] * (normalized.ndim - 2) + [(half, half), (half, half)]
+    masked = np.pad(masked, pad, mode="reflect")
+    windows = np.lib.stride_tricks.sliding_window_view(
+        masked, (OUTLIER_NEIGHBOURHOOD,) * 2, (-2, -1)
+    )
+    where = np.nonzero(outside)
+    patches = windows[where].reshape(len(where[0]), -1)
+    values = np.clip(normalized[where], low, high)
+    some = np.isfinite(patches).any(axis=1)
+    if some.any():
+        values[some] = np.nanmedian(patches[some], axis=1)
+    normalized[where] = values
+    return normalized
 
 
 def _network(normalized, origin, plan, runner, uncertainty, progress):

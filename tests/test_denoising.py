@@ -63,6 +63,50 @@ def test_denoise_normalisation_round_trip():
     np.testing.assert_allclose(out, image, atol=1e-3 * np.ptp(image))
 
 
+def _spiked(image, rng, n, value):
+    spiked = image.copy()
+    where = rng.choice(image.size, n, replace=False)
+    spiked.flat[where] = value
+    return spiked, np.unravel_index(where, image.shape)
+
+
+@pytest.mark.parametrize("contrast", ["bright", "dark"])
+def test_hot_and_dead_pixels_leave_no_trace(contrast):
+    # spikes 20x the brightest column and dead pixels far below the background: what the network
+    # sees there is the median of the neighbours, so the output is the spike-free image's output
+    from stem_ae.simulate import simulate_scene
+
+    scene = simulate_scene((128, 128), pixel_size=0.2, dose=16.0, contrast=contrast, rng=5)
+    image = scene.noisy.astype(np.float64)
+    rng = np.random.default_rng(6)
+    span = image.max() - image.min()
+    spiked, hot = _spiked(image, rng, 12, image.max() + 20 * span)
+    spiked, dead = _spiked(spiked, rng, 12, image.min() - 5 * span)
+    kept = spiked.copy()
+    reference = denoise(image, pixel_size=0.2, contrast=contrast)
+    out = denoise(spiked, pixel_size=0.2, contrast=contrast)
+    np.testing.assert_array_equal(spiked, kept)  # the input is not touched
+    noise = np.std(image - scene.clean)
+    for sites in (hot, dead):  # what is left there is the pixel's own noise, not the spike
+        assert np.abs(out[sites] - reference[sites]).max() < 4 * noise
+    assert np.abs(out - reference).mean() < 0.01 * noise
+
+
+def test_outliers_take_their_neighbours_median_or_are_clipped_in_a_saturated_patch():
+    from stem_ae.denoising import CLIP_RANGE, _replace_outliers
+
+    frames = np.tile(np.linspace(0.0, 1.0, 20, dtype=np.float32), (2, 20, 1))
+    frames[0, 5, 5] = 50.0
+    frames[1, 8:16, 8:16] = -9.0  # wider than the neighbourhood: nothing in range at its centre
+    original = frames.copy()
+    out = _replace_outliers(frames)
+    assert out[0, 5, 5] == original[0, 4, 5]  # the ramp's value in that column
+    assert out[1, 12, 12] == CLIP_RANGE[0]  # the patch's centre: clipped
+    assert CLIP_RANGE[0] < out[1, 8, 8] < 1  # its edge: the in-range neighbours' median
+    inside = (original >= CLIP_RANGE[0]) & (original <= CLIP_RANGE[1])
+    np.testing.assert_array_equal(out[inside], original[inside])
+
+
 def test_denoise_warns_on_calibration_mismatch(dense_model):
     image = lattice_image((96, 96), 8.0, 0.0, "square", np.random.default_rng(0))
     with pytest.warns(CalibrationWarning, match="3.905"):
