@@ -16,7 +16,7 @@ so a positive rotation is counter-clockwise as seen on the screen.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -1503,6 +1503,9 @@ class LatticeFit:
         The columns inside the margin, px.
     n_sites, n_columns, n_matched : int
         Sites and columns inside the margin, and matched pairs.
+    off_lattice : ndarray of bool, shape (N,)
+        Per column of ``columns``: further than ``radius`` from every site (the columns that
+        ``invented`` counts; at a real defect, the defect's columns).
     """
 
     rms: float
@@ -1517,6 +1520,7 @@ class LatticeFit:
     n_sites: int
     n_columns: int
     n_matched: int
+    off_lattice: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=bool))
 
 
 def _poly_terms(points: np.ndarray, shape: tuple[int, int], order: int) -> np.ndarray:
@@ -1673,9 +1677,11 @@ def fit_lattice(
     pairs = site_in[site_idx]
     distance = np.hypot(*(columns[column_idx[pairs]] - sites[site_idx[pairs]]).T)
     n_sites, n_columns, n_matched = int(site_in.sum()), int(column_in.sum()), int(pairs.sum())
+    off_lattice = np.zeros(n_columns, dtype=bool)
     if n_columns:
         nearest, _ = cKDTree(sites).query(columns[column_in])
-        invented = float(np.mean(nearest > radius))
+        off_lattice = nearest > radius
+        invented = float(np.mean(off_lattice))
     else:
         invented = float("nan")
     # column indices re-based onto the columns inside the margin
@@ -1696,6 +1702,7 @@ def fit_lattice(
         n_sites=n_sites,
         n_columns=n_columns,
         n_matched=n_matched,
+        off_lattice=off_lattice,
     )
 
 

@@ -94,6 +94,11 @@ def test_fit_lattice_counts_lost_sites_and_invented_columns(srtio3):
     assert fit.sites_kept < reference.sites_kept - 0.1
     assert fit.invented == pytest.approx(15 / fit.n_columns, abs=0.02)
     assert fit.rms < 0.1
+    # off_lattice names the columns that invented counts: the shifted ones inside the margin
+    assert fit.off_lattice.shape == (fit.n_columns,)
+    assert fit.off_lattice.mean() == fit.invented
+    shifted = {tuple(np.round(p, 6)) for p in invented}
+    assert all(tuple(np.round(p, 6)) in shifted for p in fit.columns[fit.off_lattice])
 
 
 def test_fit_lattice_scores_a_denoiser_above_the_raw_image(srtio3):
