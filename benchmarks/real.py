@@ -38,7 +38,11 @@ Scores (``stem_ae.analysis``; dark-contrast images are inverted before finding c
   split a column in two). **RMS** distance of matched columns to their fitted sites (px, and pm with
   the file's calibration), **kept**: fraction of the sites inside the margin (half a
   nearest-neighbour distance) with a column within r = 0.3 × that distance (also per motif column,
-  e.g. Mo/S2, in the note), **invented**: fraction of the columns further than r from every site;
+  e.g. Mo/S2, in the note), **row-shared** (``row_shared``): the share of the matched columns'
+  displacement variance that columns in the same band of scan lines (0.2 × NN high, by the sites'
+  y) have in common, the intraclass correlation of a one-way ANOVA over both coordinates — scan
+  distortion (lines shifted whole) against shot noise (each column on its own), **invented**:
+  fraction of the columns further than r from every site;
   **unshown**: fraction of the columns that are invented *and* that the raw image does not show
   (``support_map``: the raw image's mean over a disc of 0.12 × NN less its ring at 0.25–0.4 × NN,
   under 3 noise σ of that difference; σ from the raw image's fourth-order differences) — the
@@ -115,6 +119,9 @@ SHIFT_SEED = 13
 SUPPORT_Z = 3.0  # an off-lattice column the raw image shows less than this (noise σ) is "unshown"
 SUPPORT_DISC = 0.12  # the support test's column disc, radius × the NN distance ...
 SUPPORT_RING = (0.25, 0.4)  # ... minus its ring, radii × the NN distance
+ROW_BAND = 0.2  # the row-shared score groups columns whose sites lie in bands of scan lines this
+# high (× the NN distance): their centres share most of their scan lines
+ROW_MIN_COLUMNS = 3  # a band enters the row-shared score with this many matched columns
 SHIFT_METHODS = ("raw", "gaussian", "bm3d", "default", "sure", "periodic", "network", "conv")
 
 
@@ -166,6 +173,36 @@ def shown_by_raw(points: np.ndarray, ctx: Context) -> np.ndarray:
     return ctx.support[index[:, 0], index[:, 1]] >= SUPPORT_Z
 
 
+def row_shared(fit) -> float:
+    """Share of the matched columns' displacement variance (about their fitted sites) that columns
+    on the same scan rows have in common: the intraclass correlation of one-way ANOVA, the groups
+    being bands of :data:`ROW_BAND` × NN scan lines (by the sites' y) with :data:`ROW_MIN_COLUMNS`
+    matched columns or more, both coordinates pooled. Shot noise moves each column on its own
+    (about 0); a scan distortion that shifts whole lines (jitter, fly-back) moves a band together
+    (up to 1)."""
+    site = fit.matched >= 0
+    if not site.any():
+        return float("nan")
+    rows = np.floor(fit.sites[site, 0] / (ROW_BAND * fit.nn_distance)).astype(int)
+    offsets = fit.columns[fit.matched[site]] - fit.sites[site]
+    labels, counts = np.unique(rows, return_counts=True)
+    keep = np.isin(rows, labels[counts >= ROW_MIN_COLUMNS])
+    rows, offsets = rows[keep], offsets[keep]
+    labels, group, sizes = np.unique(rows, return_inverse=True, return_counts=True)
+    k, n = len(labels), len(rows)
+    if k < 5:
+        return float("nan")
+    n0 = (n - np.sum(sizes**2) / n) / (k - 1)
+    between = within = 0.0
+    for coordinate in offsets.T:
+        means = np.bincount(group, coordinate) / sizes
+        msb = np.sum(sizes * (means - coordinate.mean()) ** 2) / (k - 1)
+        msw = np.sum((coordinate - means[group]) ** 2) / (n - k)
+        between += max(msb - msw, 0.0) / n0
+        within += msw
+    return float(between / (between + within)) if between + within > 0 else float("nan")
+
+
 def score(output: np.ndarray, ctx: Context) -> dict:
     """Lattice fit and method noise of one output (see the module docstring)."""
     try:
@@ -185,6 +222,7 @@ def score(output: np.ndarray, ctx: Context) -> dict:
         "sites_kept": fit.sites_kept,
         "invented": fit.invented,
         "unshown": unshown,
+        "row_shared": row_shared(fit),
         "lattice_removed": noise.lattice_removed,
         "streak_left": noise.streak_left,
         "n_columns": fit.n_columns,
@@ -290,6 +328,7 @@ COLUMNS = (
     "sites_kept",
     "invented",
     "unshown",
+    "row_shared",
     "lattice_removed",
     "streak_left",
     "shift_kept",
@@ -674,7 +713,10 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
         "",
         "No ground truth: columns are fitted to the lattice measured on the raw image plus each "
         "method's own smooth distortion. **RMS**: distance of matched columns to their fitted "
-        "sites (px; pm with the file's calibration). **kept**: sites that keep a column within "
+        "sites (px; pm with the file's calibration). **row-shared**: the share of those "
+        "displacements that columns in the same band of scan lines have in common (intraclass "
+        f"correlation, bands {ROW_BAND:g} × NN high): a scan distortion that shifts whole lines "
+        "shows there, shot noise does not. **kept**: sites that keep a column within "
         "0.3 × the nearest-neighbour (NN) distance. **invented**: columns further than that from "
         "every site. **unshown**: the invented columns at which the raw image itself shows no "
         f"column (a disc of {SUPPORT_DISC:g} × NN less its ring at {SUPPORT_RING[0]:g}–"
@@ -718,9 +760,9 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
             "",
         ]
         text += [
-            "| method | RMS px | RMS pm | kept | invented | unshown | lattice removed |"
-            " streak left | shift kept | s | note |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| method | RMS px | RMS pm | row-shared | kept | invented | unshown |"
+            " lattice removed | streak left | shift kept | s | note |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         trusted = [r for r in image_rows if _kept(r) >= KEPT_FOR_RMS]
         best = min((r["rms_px"] for r in trusted), default=None)
@@ -734,7 +776,7 @@ def write_markdown(rows, images, full_times, path: Path, command: str, elapsed, 
             if r["n_sites"] != "" and _kept(r) < KEPT_FOR_RMS:
                 note = f"RMS of {round(r['sites_kept'] * r['n_sites'])} columns only; {note}"
             text.append(
-                f"| {r['label']} | {rms} | {_fmt(r['rms_pm'], 1)} | "
+                f"| {r['label']} | {rms} | {_fmt(r['rms_pm'], 1)} | {_fmt(r['row_shared'])} | "
                 f"{_fmt(r['sites_kept'], 2, True)} | {_fmt(r['invented'], 2, True)} | "
                 f"{_fmt(r['unshown'], 2, True)} | {_fmt(r['lattice_removed'], 3)} | "
                 f"{_fmt(r['streak_left'], 3)} | "
