@@ -17,6 +17,10 @@ error floor?) and plain Poisson windows at 1, 4, 16 and 64 counts/px, by the mea
 ``ablation_general.md`` is written from it. A budget in seconds means little without the CPU,
 so every row names its CPU; a candidate rerun on another CPU gets a row of its own.
 
+``--scenes`` also runs each trained candidate (and the shipped models) through the default
+``denoise`` on ``benchmarks/quality.py``'s white-Poisson scenes at 0.2 Å/px (3 seeds): PSNR,
+position error and vacancies filled at each dose, the whole-image columns of the issue's ablation.
+
 ``--real`` also scores each trained candidate, alone (``residual="none"``), on the noisy real
 images of ``benchmarks/real.py`` (:data:`REAL_IMAGES`; lattice-fit RMS, px, with the fraction of
 sites kept), beside the shipped ``general`` and ``general_conv`` scored the same way, so that a
@@ -50,6 +54,7 @@ JSON = RESULTS / "ablation_general.json"
 DOSES = (1, 4, 16, 64)
 
 SHIPPED_PREFIX = "shipped:"  # records of the shipped models (``--real`` only), not candidates
+REFERENCE_BM3D = SHIPPED_PREFIX + "bm3d"  # BM3D's ``--scenes`` scores, beside the shipped models
 
 
 def _conv(encoder: tuple, code: int, note: str = "", **options) -> tuple[str, AEConfig, int]:
@@ -102,7 +107,38 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
     "conv_24_48_d128": _conv(
         (24, 48), 32, ", dense code 128 (7 × 7 × 32 → 128 → 7 × 7 × 32)", dense_code=128
     ),
+    # The loss in counts (issue 14's last candidate), against a rerun of the same network in the
+    # same session with the usual loss: budgets compare only within one run of one CPU.
+    "conv_24_48_control": _conv((24, 48), 64, " (control beside the loss in counts)"),
+    "conv_24_48_counts": _conv(
+        (24, 48),
+        64,
+        ", loss in counts (errors weighted by 1 / (clean + 0.02): the Poisson variance)",
+    ),
 }
+
+#: candidates trained with the loss in counts (:func:`counts_loss`) instead of the plain MSE
+COUNTS_LOSS = frozenset({"conv_24_48_counts"})
+COUNTS_FLOOR = 0.02
+"""Added to the clean window (maximum 1) before it weights the loss in counts, so that vacuum and
+the dark cores of ABF columns keep a finite weight (the simulator's background is 0.05)."""
+
+
+def counts_weights(clean: np.ndarray) -> np.ndarray:
+    """Per-pixel weights of the loss in counts: the inverse Poisson variance ``1 / (clean +``
+    :data:`COUNTS_FLOOR` ``)``, scaled to a mean of 1 in each window (so a window weighs what it
+    weighs in the MSE of standardised windows; within it, an error counts in proportion to the
+    noise the counts have there, as in the MSE after an Anscombe transform, to first order)."""
+    weights = 1.0 / (np.asarray(clean, np.float32) + np.float32(COUNTS_FLOOR))
+    weights /= weights.mean(axis=(1, 2), keepdims=True)
+    return weights
+
+
+def counts_loss(y_true, y_pred):
+    """Weighted MSE; ``y_true`` holds the standardised target and :func:`counts_weights` stacked
+    on the last axis."""
+    target, weights = y_true[..., 0], y_true[..., 1]
+    return keras.ops.mean(weights * keras.ops.square(y_pred - target), axis=(-2, -1))
 
 
 def test_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -135,6 +171,35 @@ class _Budget(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None) -> None:
         if time.perf_counter() - self.start > self.seconds:
             self.model.stop_training = True
+
+
+#: whole scenes of ``benchmarks/quality.py`` for ``--scenes``: white Poisson at this pixel size
+SCENE_PIXEL_SIZE = 0.2
+SCENE_SEEDS = (9001, 9002, 9003)
+
+
+def scene_scores(model, method: str = "candidate") -> dict[str, list[float]]:
+    """``{"dose d": [PSNR dB, position error pm, vacancies filled]}``: ``denoise(scene,
+    model=model)`` (the default pipeline) on the white-Poisson scenes of ``benchmarks/quality.py``
+    (RP fault, strain, 5 % vacancies, 192², :data:`SCENE_PIXEL_SIZE`), means over
+    :data:`SCENE_SEEDS`. ``method``: another of ``quality.py``'s methods instead (``"bm3d"``;
+    then ``model`` is unused)."""
+    import quality
+
+    if method == "candidate":
+        quality._MODELS["candidate"] = model
+        quality.RUNNERS["candidate"] = quality._stem_ae("candidate")
+    scores = {}
+    for dose in DOSES:
+        rows = [
+            quality.run_case(SCENE_PIXEL_SIZE, float(dose), seed, [method], quality.SHAPE)[0]
+            for seed in SCENE_SEEDS
+        ]
+        scores[f"dose {dose}"] = [
+            round(float(np.mean([r[key] for r in rows])), 3)
+            for key in ("psnr", "position_error_pm", "filled")
+        ]
+    return scores
 
 
 #: the noisy real images of ``benchmarks/real.py`` (the two atomap images are nearly clean)
@@ -172,12 +237,21 @@ def real_scores(model) -> dict[str, list[float]]:
 
 
 def run(
-    name: str, pool, tests, budget: float, save: Path | None = None, real: bool = False
+    name: str,
+    pool,
+    tests,
+    budget: float,
+    save: Path | None = None,
+    real: bool = False,
+    scenes: bool = False,
 ) -> dict:
     description, config, batch = CANDIDATES[name]
     keras.utils.set_random_seed(0)
     model = build_autoencoder(config)
-    inputs, targets = pool
+    inputs, targets, weights = pool
+    if name in COUNTS_LOSS:
+        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=counts_loss)
+        targets = np.stack([targets, weights], axis=-1)
     start = time.perf_counter()
     history = model.fit(
         inputs, targets, batch_size=batch, epochs=10_000, verbose=0, callbacks=[_Budget(budget)]
@@ -206,6 +280,8 @@ def run(
         save_model(model, save / name)
     if real:
         row["real"] = real_scores(model)
+    if scenes:
+        row["scenes"] = scene_scores(model)
     return row
 
 
@@ -264,6 +340,35 @@ def real_table(records: dict) -> list[str]:
     return lines
 
 
+def scene_table(records: dict) -> list[str]:
+    """The ``--scenes`` scores, candidates first, then the shipped models."""
+    rows = [row for row in records.values() if "scenes" in row]
+    if not rows:
+        return []
+    lines = [
+        "## Whole scenes, `denoise` default pipeline",
+        "",
+        f"`denoise(scene, model=candidate)` on the white-Poisson scenes of `benchmarks/quality.py` "
+        f"at {SCENE_PIXEL_SIZE:g} Å/px (RP fault, strain, 5 % vacancies, 192², seeds "
+        f"{', '.join(map(str, SCENE_SEEDS))}; means): PSNR (dB) / position error (pm) / "
+        "vacancies filled, at each dose (counts/px). Rows scored before this table have none.",
+        "",
+        "| candidate | CPU | " + " | ".join(f"dose {d}" for d in DOSES) + " |",
+        "|---|---|" + "---:|" * len(DOSES),
+    ]
+    for row in rows:
+        cells = []
+        for d in DOSES:
+            value = row["scenes"].get(f"dose {d}")
+            cells.append(
+                "—"
+                if value is None
+                else f"{value[0]:.2f} / {value[1]:.2f} / {100 * value[2]:.1f} %"
+            )
+        lines.append(f"| {row['description']} | {_cpu(row)} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def table(records: dict) -> str:
     columns = ["noise-free", *(f"dose {d}" for d in DOSES)]
     shipped = {k: v for k, v in records.items() if k.startswith(SHIPPED_PREFIX)}
@@ -310,9 +415,9 @@ def table(records: dict) -> str:
             "(model name `Intel(R) Xeon(R) Processor`) has AMX. Both train in float32 here, so "
             "their budgets compare only roughly: compare rows of one CPU.",
         ]
-    real = real_table({**records, **shipped})
-    if real:
-        lines += ["", *real]
+    for extra in (real_table({**records, **shipped}), scene_table({**records, **shipped})):
+        if extra:
+            lines += ["", *extra]
     return "\n".join(lines) + "\n"
 
 
@@ -326,6 +431,11 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument(
         "--real", action="store_true", help="also score each candidate on the noisy real images"
+    )
+    parser.add_argument(
+        "--scenes",
+        action="store_true",
+        help="also score each candidate through denoise on quality.py's white-Poisson scenes",
     )
     args = parser.parse_args(argv)
     unknown = sorted(set(args.names) - set(CANDIDATES))
@@ -341,22 +451,34 @@ def main(argv: list[str]) -> None:
             raise SystemExit(f"error: {error}") from None
     start = time.perf_counter()
     noisy, clean = draw_pool(args.pool, distribution=REALISTIC, seed=11, processes=2)
-    pool = _standardized_pair(noisy, clean, "window")
+    pool = (*_standardized_pair(noisy, clean, "window"), None)
+    if COUNTS_LOSS & set(args.names or CANDIDATES):
+        pool = (*pool[:2], counts_weights(clean))
+    del clean
     print(f"pool of {args.pool:,} windows in {time.perf_counter() - start:.0f} s", flush=True)
     tests = test_sets()
     records = json.loads(JSON.read_text(encoding="utf-8")) if JSON.exists() else {}
     for name in args.names or list(CANDIDATES):
-        row = run(name, pool, tests, args.budget, args.save, args.real)
+        row = run(name, pool, tests, args.budget, args.save, args.real, args.scenes)
         row.update(pool=args.pool, machine=_machine.describe())
         records[record_key(records, name, row["machine"])] = row
         print(name, json.dumps(row), flush=True)
         write(records)
-    if args.real:
+    if args.real or args.scenes:
+        from stem_ae.model import load_model
+
         for shipped in ("general", "general_conv"):
-            records[SHIPPED_PREFIX + shipped] = {
-                "description": f"shipped `{shipped}`",
+            record = records.setdefault(SHIPPED_PREFIX + shipped, {})
+            record.update(description=f"shipped `{shipped}`", machine=_machine.describe())
+            if args.real:
+                record["real"] = real_scores(shipped)
+            if args.scenes:
+                record["scenes"] = scene_scores(load_model(shipped))
+        if args.scenes:
+            records[REFERENCE_BM3D] = {
+                "description": "BM3D (Anscombe; `quality.py`'s), for reference",
                 "machine": _machine.describe(),
-                "real": real_scores(shipped),
+                "scenes": scene_scores(None, "bm3d"),
             }
         write(records)
 
