@@ -44,7 +44,14 @@ import keras
 import numpy as np
 
 from stem_ae.io import _atomic_write
-from stem_ae.model import AEConfig, build_autoencoder, save_model, standardize, unstandardize
+from stem_ae.model import (
+    AEConfig,
+    build_autoencoder,
+    counts_weights,
+    save_model,
+    standardize,
+    unstandardize,
+)
 from stem_ae.simulate import REALISTIC, TrainingDistribution
 from stem_ae.training import _standardized_pair, draw_pool, error_metrics, make_test_set
 from stem_ae.windows import reconstruct
@@ -114,31 +121,9 @@ CANDIDATES: dict[str, tuple[str, AEConfig, int]] = {
         (24, 48),
         64,
         ", loss in counts (errors weighted by 1 / (clean + 0.02): the Poisson variance)",
+        loss="counts",
     ),
 }
-
-#: candidates trained with the loss in counts (:func:`counts_loss`) instead of the plain MSE
-COUNTS_LOSS = frozenset({"conv_24_48_counts"})
-COUNTS_FLOOR = 0.02
-"""Added to the clean window (maximum 1) before it weights the loss in counts, so that vacuum and
-the dark cores of ABF columns keep a finite weight (the simulator's background is 0.05)."""
-
-
-def counts_weights(clean: np.ndarray) -> np.ndarray:
-    """Per-pixel weights of the loss in counts: the inverse Poisson variance ``1 / (clean +``
-    :data:`COUNTS_FLOOR` ``)``, scaled to a mean of 1 in each window (so a window weighs what it
-    weighs in the MSE of standardised windows; within it, an error counts in proportion to the
-    noise the counts have there, as in the MSE after an Anscombe transform, to first order)."""
-    weights = 1.0 / (np.asarray(clean, np.float32) + np.float32(COUNTS_FLOOR))
-    weights /= weights.mean(axis=(1, 2), keepdims=True)
-    return weights
-
-
-def counts_loss(y_true, y_pred):
-    """Weighted MSE; ``y_true`` holds the standardised target and :func:`counts_weights` stacked
-    on the last axis."""
-    target, weights = y_true[..., 0], y_true[..., 1]
-    return keras.ops.mean(weights * keras.ops.square(y_pred - target), axis=(-2, -1))
 
 
 def test_sets() -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -244,13 +229,15 @@ def run(
     save: Path | None = None,
     real: bool = False,
     scenes: bool = False,
+    seed: int = 0,
 ) -> dict:
     description, config, batch = CANDIDATES[name]
-    keras.utils.set_random_seed(0)
+    if seed:
+        description += f", weights seed {seed}"
+    keras.utils.set_random_seed(seed)
     model = build_autoencoder(config)
     inputs, targets, weights = pool
-    if name in COUNTS_LOSS:
-        model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss=counts_loss)
+    if config.loss == "counts":  # build_autoencoder compiled it with counts_loss
         targets = np.stack([targets, weights], axis=-1)
     start = time.perf_counter()
     history = model.fit(
@@ -433,6 +420,12 @@ def main(argv: list[str]) -> None:
         "--real", action="store_true", help="also score each candidate on the noisy real images"
     )
     parser.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="seed of the initial weights and batch order (not 0: a row of its own, NAME_seedN)",
+    )
+    parser.add_argument(
         "--scenes",
         action="store_true",
         help="also score each candidate through denoise on quality.py's white-Poisson scenes",
@@ -452,16 +445,17 @@ def main(argv: list[str]) -> None:
     start = time.perf_counter()
     noisy, clean = draw_pool(args.pool, distribution=REALISTIC, seed=11, processes=2)
     pool = (*_standardized_pair(noisy, clean, "window"), None)
-    if COUNTS_LOSS & set(args.names or CANDIDATES):
+    if any(CANDIDATES[name][1].loss == "counts" for name in args.names or CANDIDATES):
         pool = (*pool[:2], counts_weights(clean))
     del clean
     print(f"pool of {args.pool:,} windows in {time.perf_counter() - start:.0f} s", flush=True)
     tests = test_sets()
     records = json.loads(JSON.read_text(encoding="utf-8")) if JSON.exists() else {}
     for name in args.names or list(CANDIDATES):
-        row = run(name, pool, tests, args.budget, args.save, args.real, args.scenes)
+        row = run(name, pool, tests, args.budget, args.save, args.real, args.scenes, args.seed)
         row.update(pool=args.pool, machine=_machine.describe())
-        records[record_key(records, name, row["machine"])] = row
+        key = name if not args.seed else f"{name}_seed{args.seed}"
+        records[record_key(records, key, row["machine"])] = row
         print(name, json.dumps(row), flush=True)
         write(records)
     if args.real or args.scenes:

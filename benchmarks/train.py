@@ -14,6 +14,7 @@ from an independent seed stream (``make_test_set(n, seed=--test-seed)``).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -25,7 +26,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras
 
-from stem_ae.model import get_config, save_model
+from stem_ae.model import LOSSES, get_config, save_model
 from stem_ae.training import (
     RECIPES,
     VacancyCheck,
@@ -76,6 +77,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, help="override the recipe's epochs")
     parser.add_argument("--n-samples", type=int, help="override the recipe's samples per epoch")
     parser.add_argument("--seed", type=int, help="override the recipe's seed")
+    parser.add_argument(
+        "--loss", choices=LOSSES, help="override the recipe's training loss (AEConfig.loss)"
+    )
     parser.add_argument("--test-n", type=int, default=5000, help="test windows (default 5000)")
     parser.add_argument("--test-seed", type=int, default=2024, help="test-set seed")
     parser.add_argument("--validation", type=int, default=2000, help="val windows per epoch")
@@ -93,6 +97,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         if value is not None
     }
+    if args.loss is not None:
+        overrides["config"] = dataclasses.replace(recipe["config"], loss=args.loss)
     n_samples = overrides.get("n_samples", recipe["n_samples"])
     epochs = overrides.get("epochs", recipe["epochs"])
     print(f"recipe {args.recipe}: {n_samples:,} samples x {epochs} epochs", flush=True)

@@ -39,10 +39,14 @@ layers = keras.layers
 __all__ = [
     "ACTIVATIONS",
     "ARCHITECTURES",
+    "LOSSES",
     "NORMALIZATIONS",
     "AEConfig",
     "available_models",
     "build_autoencoder",
+    "compile_for",
+    "counts_loss",
+    "counts_weights",
     "get_config",
     "load_model",
     "predict_windows",
@@ -69,6 +73,15 @@ ACTIVATIONS = (
 NORMALIZATIONS = ("window", "none")
 #: Layer types: ``"dense"`` (the paper's fully connected AE) or ``"conv"`` (convolutional AE).
 ARCHITECTURES = ("dense", "conv")
+
+LOSSES = ("mse", "counts")
+"""Training losses of :class:`AEConfig`: the mean squared error of standardised windows, or the
+loss in counts (:func:`counts_loss`)."""
+
+COUNTS_FLOOR = 0.02
+"""Added to the clean window (maximum 1) before it weights the loss in counts
+(:func:`counts_weights`), so that vacuum and the dark cores of ABF columns keep a finite weight
+(the simulator's background is 0.05)."""
 #: Kernel side of every convolution of a ``"conv"`` auto-encoder, px.
 CONV_KERNEL = 3
 #: The fixed anti-aliasing blur of ``AEConfig(antialias=True)``: binomial ``[1, 2, 1]/4`` squared.
@@ -131,6 +144,11 @@ class AEConfig:
         AE, while the layers next to the pixels stay convolutional. Such a network is no longer
         equivariant to shifts (:attr:`period` 1) and runs through the floating window on windows
         (no whole-band fast path). 0 (the default): none.
+    loss : str
+        Training loss (one of :data:`LOSSES`): ``"mse"``, the mean squared error of standardised
+        windows; ``"counts"``, the loss in counts (:func:`counts_loss`): each pixel's error
+        weighted by the inverse of its Poisson variance, as in the squared error after an
+        Anscombe transform, to first order. Only training reads it.
 
     Raises
     ------
@@ -160,6 +178,7 @@ class AEConfig:
     architecture: str = "dense"
     antialias: bool = False
     dense_code: int = 0
+    loss: str = "mse"
 
     def __post_init__(self) -> None:
         _check_count("window", self.window, minimum=_MIN_WINDOW)
@@ -219,6 +238,8 @@ class AEConfig:
             value = getattr(self, name)
             if value not in ACTIVATIONS:
                 raise ValueError(f"unknown {name} {value!r}; use one of {', '.join(ACTIVATIONS)}")
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; use one of {LOSSES}")
         if self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"unknown normalization {self.normalization!r}; use one of {NORMALIZATIONS}"
@@ -291,7 +312,8 @@ class AEConfig:
 
         ``architecture`` is left out when it is ``"dense"`` (the default), so that a dense
         model's ``config.json``, and the hash a record of processing keeps of it, are the same
-        as before the field existed.
+        as before the field existed; so are ``antialias``, ``dense_code`` and ``loss`` at their
+        defaults.
         """
         data = asdict(self)
         if data["architecture"] == "dense":
@@ -300,6 +322,8 @@ class AEConfig:
             del data["antialias"]
         if not data["dense_code"]:
             del data["dense_code"]
+        if data["loss"] == "mse":
+            del data["loss"]
         data["encoder"] = list(self.encoder)
         data["training"] = json.loads(json.dumps(self.training))
         return data
@@ -434,9 +458,42 @@ def _conv_stack(config: AEConfig) -> list:
     return stack
 
 
+def counts_weights(clean: np.ndarray) -> np.ndarray:
+    """Per-pixel weights of the loss in counts for clean windows ``(N, w, w)`` (maximum 1).
+
+    The inverse Poisson variance ``1 / (clean +`` :data:`COUNTS_FLOOR` ``)``, scaled to a mean of
+    1 in each window: a window weighs what it weighs in the MSE of standardised windows, and
+    within it an error counts in proportion to the noise the counts have there.
+
+    >>> w = counts_weights(np.array([[[0.0, 1.0], [1.0, 1.0]]]))
+    >>> round(float(w.mean()), 6), bool(w[0, 0, 0] > w[0, 0, 1])
+    (1.0, True)
+    """
+    weights = 1.0 / (np.asarray(clean, np.float32) + np.float32(COUNTS_FLOOR))
+    weights /= weights.mean(axis=(-2, -1), keepdims=True)
+    return weights
+
+
+def counts_loss(y_true, y_pred):
+    """The loss in counts: the squared error weighted by :func:`counts_weights`.
+
+    ``y_true`` stacks the standardised target and its weights on a last axis of 2 (what
+    :func:`stem_ae.training.train` feeds a model whose config has ``loss="counts"``).
+    """
+    target, weights = y_true[..., 0], y_true[..., 1]
+    return keras.ops.mean(weights * keras.ops.square(y_pred - target), axis=(-2, -1))
+
+
+def compile_for(model: keras.Model, config: AEConfig, learning_rate=None) -> None:
+    """Compile ``model`` with Adam (``learning_rate``, default the config's) and its loss."""
+    loss = counts_loss if config.loss == "counts" else "mse"
+    rate = config.learning_rate if learning_rate is None else learning_rate
+    model.compile(optimizer=keras.optimizers.Adam(rate), loss=loss)
+
+
 def _finish(stack: list, config: AEConfig) -> keras.Sequential:
     model = keras.Sequential(stack, name=f"stem_ae_{config.name}")
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    compile_for(model, config)
     _attach(model, config)
     return model
 
@@ -689,6 +746,6 @@ def _load_path(path: Path) -> keras.Model:
         raise ValueError(f"{model_file} could not be read as a Keras model: {error}") from error
     config = AEConfig.from_json(config_file) if config_file.is_file() else get_config(model)
     # The optimizer state is not saved: compile afresh, ready for fine-tuning.
-    model.compile(optimizer=keras.optimizers.Adam(config.learning_rate), loss="mse")
+    compile_for(model, config)
     _attach(model, config)
     return model

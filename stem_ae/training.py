@@ -22,6 +22,8 @@ from stem_ae._common import import_keras
 from stem_ae.model import (
     AEConfig,
     build_autoencoder,
+    compile_for,
+    counts_weights,
     get_config,
     predict_windows,
     standardize,
@@ -95,14 +97,18 @@ def resolve_distribution(distribution: Any):
     return simulate._resolve_distribution(distribution)
 
 
-def _standardized_pair(noisy: np.ndarray, clean: np.ndarray, normalization: str):
-    """Model input and target for (noisy, clean) windows under the model input convention."""
+def _standardized_pair(noisy: np.ndarray, clean: np.ndarray, normalization: str, loss="mse"):
+    """Model input and target for (noisy, clean) windows under the model input convention; for
+    ``loss="counts"`` the target carries :func:`stem_ae.model.counts_weights` on a last axis."""
     if normalization == "window":
         z, mu, scale = standardize(noisy)
         target = np.asarray(clean, np.float32) - mu
         target /= scale
-        return z, target
-    return noisy.astype(np.float32, copy=False), clean.astype(np.float32, copy=False)
+    else:
+        z, target = noisy.astype(np.float32, copy=False), clean.astype(np.float32, copy=False)
+    if loss == "counts":
+        target = np.stack([target, counts_weights(clean)], axis=-1)
+    return z, target
 
 
 class WindowStream(keras.utils.PyDataset):
@@ -122,6 +128,9 @@ class WindowStream(keras.utils.PyDataset):
         Window side, px.
     normalization : str
         ``"window"`` standardises input and target by the noisy window's mean and std.
+    loss : str
+        The model's :attr:`AEConfig.loss`: with ``"counts"`` each target carries its weights
+        (:func:`stem_ae.model.counts_weights`) on a last axis of 2.
     block_size : int
         Windows simulated at once (rounded to whole batches); a background thread prepares the
         next block while the current one is consumed. Memory: about ``block_size * window**2
@@ -148,6 +157,7 @@ class WindowStream(keras.utils.PyDataset):
         seed: int = 0,
         window: int = 28,
         normalization: str = "window",
+        loss: str = "mse",
         block_size: int = 32_768,
         pool: tuple[np.ndarray, np.ndarray] | None = None,
     ) -> None:
@@ -161,6 +171,7 @@ class WindowStream(keras.utils.PyDataset):
         self.seed = int(seed)
         self.window = int(window)
         self.normalization = normalization
+        self.loss = loss
         self.batches_per_block = max(1, int(block_size) // self.batch_size)
         if pool is not None:
             pool = tuple(np.asarray(array, np.float32) for array in pool)
@@ -208,7 +219,10 @@ class WindowStream(keras.utils.PyDataset):
         else:
             noisy, clean = _resample(self.pool, size, rng)
         return _standardized_pair(
-            np.asarray(noisy, np.float32), np.asarray(clean, np.float32), self.normalization
+            np.asarray(noisy, np.float32),
+            np.asarray(clean, np.float32),
+            self.normalization,
+            self.loss,
         )
 
     def _future(self, epoch: int, block: int) -> Future:
@@ -421,7 +435,8 @@ def train(
     model : keras.Sequential
         Trained; ``get_config(model).training`` records how.
     history : keras.callbacks.History
-        ``history.history["loss"]`` per epoch (mean squared error of standardised windows).
+        ``history.history["loss"]`` per epoch (mean squared error of standardised windows, or
+        the loss in counts for ``config.loss="counts"``).
 
     Raises
     ------
@@ -474,6 +489,7 @@ def train(
         seed=seed,
         window=config.window,
         normalization=config.normalization,
+        loss=config.loss,
         block_size=block_size,
         pool=pool,
     )
@@ -481,7 +497,7 @@ def train(
         rate = keras.optimizers.schedules.CosineDecay(
             config.learning_rate, decay_steps=epochs * stream.num_batches, alpha=0.05
         )
-        model.compile(optimizer=keras.optimizers.Adam(rate), loss="mse")
+        compile_for(model, config, rate)
     validation_data = None
     if validation is not None:
         if isinstance(validation, (int, np.integer)):
@@ -490,7 +506,7 @@ def train(
             )
         else:
             noisy, clean = (np.asarray(array, np.float32) for array in validation)
-        validation_data = _standardized_pair(noisy, clean, config.normalization)
+        validation_data = _standardized_pair(noisy, clean, config.normalization, config.loss)
     try:
         if pool is None:
             history = model.fit(

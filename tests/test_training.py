@@ -121,6 +121,40 @@ def test_a_tiny_run_lowers_the_loss_and_records_how_it_was_trained():
     assert len(config.spacing_range) == 2
 
 
+def test_the_loss_in_counts_weights_each_error_by_the_poisson_variance_and_trains():
+    from stem_ae.model import counts_loss, counts_weights
+    from stem_ae.training import _standardized_pair
+
+    clean = np.array([[[0.0, 0.48], [0.98, 0.98]]], np.float32)
+    weights = counts_weights(clean)
+    # inverse variance: a dark pixel's error counts (0.98 + 0.02) / 0.02 = 50 times a bright one's
+    assert weights[0, 0, 0] / weights[0, 1, 0] == pytest.approx(50.0)
+    assert weights.mean() == pytest.approx(1.0)
+    _, target = _standardized_pair(clean + 0.1, clean, "window", "counts")
+    assert target.shape == (*clean.shape, 2)
+    np.testing.assert_allclose(target[..., 1], weights)
+    error = np.zeros_like(clean)
+    error[0, 0, 0] = error[0, 1, 0] = 1.0  # the same error at the dark and at a bright pixel
+    dark_only = np.where(np.arange(4).reshape(1, 2, 2) == 0, 1.0, 0.0).astype(np.float32)
+    loss = lambda e: float(counts_loss(target, target[..., 0] + e)[0])  # noqa: E731
+    assert loss(dark_only) == pytest.approx(50 * loss(error - dark_only))
+
+    easy = dataclasses.replace(PAPER, snr_range=(2.0, 2.0))
+    counts = dataclasses.replace(TINY, loss="counts")
+    model, history = train(
+        counts,
+        distribution=easy,
+        n_samples=800,
+        epochs=3,
+        batch_size=50,
+        seed=3,
+        validation=200,
+        block_size=400,
+    )
+    assert history.history["loss"][-1] < 0.95 * history.history["loss"][0]
+    assert get_config(model).loss == "counts"
+
+
 def test_vacancy_check_logs_vacancies_filled_beside_the_loss():
     from stem_ae.training import VacancyCheck
 
