@@ -96,18 +96,23 @@ def test_test_set_is_reproducible_and_independent_of_training_stream():
     assert not np.any(np.all(np.isclose(training_inputs[:, None], noisy[None]), axis=(2, 3)))
 
 
-def test_a_tiny_run_lowers_the_loss_and_records_how_it_was_trained():
-    easy = dataclasses.replace(PAPER, snr_range=(2.0, 2.0))  # learns visibly in 64 steps
-    model, history = train(
-        TINY,
+def _tiny_run(config, epochs):
+    """``train`` on 800 easy windows an epoch (SNR 2: learns visibly in 64 steps)."""
+    easy = dataclasses.replace(PAPER, snr_range=(2.0, 2.0))
+    return train(
+        config,
         distribution=easy,
         n_samples=800,
-        epochs=4,
+        epochs=epochs,
         batch_size=50,
         seed=3,
         validation=200,
         block_size=400,
     )
+
+
+def test_a_tiny_run_lowers_the_loss_and_records_how_it_was_trained():
+    model, history = _tiny_run(TINY, 4)
     losses, validation = history.history["loss"], history.history["val_loss"]
     assert len(losses) == 4
     assert losses[-1] < 0.95 * losses[0]
@@ -139,18 +144,7 @@ def test_the_loss_in_counts_weights_each_error_by_the_poisson_variance_and_train
     loss = lambda e: float(counts_loss(target, target[..., 0] + e)[0])  # noqa: E731
     assert loss(dark_only) == pytest.approx(50 * loss(error - dark_only))
 
-    easy = dataclasses.replace(PAPER, snr_range=(2.0, 2.0))
-    counts = dataclasses.replace(TINY, loss="counts")
-    model, history = train(
-        counts,
-        distribution=easy,
-        n_samples=800,
-        epochs=3,
-        batch_size=50,
-        seed=3,
-        validation=200,
-        block_size=400,
-    )
+    model, history = _tiny_run(dataclasses.replace(TINY, loss="counts"), 3)
     assert history.history["loss"][-1] < 0.95 * history.history["loss"][0]
     assert get_config(model).loss == "counts"
 
