@@ -1088,7 +1088,10 @@ class TrainingDistribution:
       go down to 0.5);
     * dark contrast (ABF-like, as ``simulate_scene(contrast="dark")``) in a fraction
       ``dark_fraction`` of windows: ``1 − depth · window + rim · rims`` with ``depth`` uniform in
-      ``dark_depth_range`` and the rim peak in ``dark_rim_range`` (instead of the background).
+      ``dark_depth_range`` and the rim peak in ``dark_rim_range`` (instead of the background);
+      with ``dark_inverted`` these windows are turned upside down after the noise (noisy and
+      clean alike, ``max(clean) − x``), as ``stem_ae.denoise`` turns a dark image before the
+      network: bright columns in dark rims, with the noise of the bright background.
 
     Weak columns come from ``intensity_range`` (e.g. ``(0.1, 1.0)``).
 
@@ -1144,6 +1147,7 @@ class TrainingDistribution:
     dark_fraction: float = 0.0
     dark_depth_range: tuple[float, float] = (DARK_DEPTH, DARK_DEPTH)
     dark_rim_range: tuple[float, float] = (DARK_RIM, DARK_RIM)
+    dark_inverted: bool = False
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
@@ -1189,6 +1193,9 @@ class TrainingDistribution:
         _check_positive("row_gain_length", self.row_gain_length)
         _check_range("dark_depth_range", self.dark_depth_range, 1e-3, 1.0)
         _check_range("dark_rim_range", self.dark_rim_range, 0.0)
+        if not isinstance(self.dark_inverted, (bool, np.bool_)):
+            raise ValueError(f"dark_inverted must be True or False, got {self.dark_inverted!r}")
+        object.__setattr__(self, "dark_inverted", bool(self.dark_inverted))
         if self.dose_range is None:
             correlated = ("frames_probability", "afterglow_probability")
             on = [name for name in correlated if getattr(self, name) > 0]
@@ -1580,12 +1587,14 @@ def _general_chunk(n, gen, window, dist):
     bright = clean
     bg = gen.uniform(*dist.background_range, size=n).astype(np.float32)
     clean = clean * (1 - bg[:, None, None]) + bg[:, None, None]
+    dark = np.zeros(0, dtype=int)
     if dist.dark_fraction > 0:
-        clean = _dark_windows(clean, bright, pos, inten, sig_eff, peak, window, gen, dist)
+        clean, dark = _dark_windows(clean, bright, pos, inten, sig_eff, peak, window, gen, dist)
     snr = _log_uniform(gen, *dist.snr_range, size=n)
     if not use_dose:
         noisy, clean = _apply_noise(clean, gen, snr=snr, snr_noise=dist.snr_noise)
-        return _keep_clean_windows(noisy, clean, gen, dist.clean_fraction)
+        noisy, clean = _keep_clean_windows(noisy, clean, gen, dist.clean_fraction)
+        return _invert_dark(noisy, clean, dark if dist.dark_inverted else dark[:0])
     uniform = gen.random(n) < dist.uniform_fraction
     dose = _log_uniform(gen, *dist.dose_range, size=n)
     root = np.sqrt(dose)
@@ -1605,7 +1614,17 @@ def _general_chunk(n, gen, window, dist):
         row_jitter=np.where(uniform, 0.0, jitter),
         **correlated,
     )
-    return _keep_clean_windows(noisy, clean, gen, dist.clean_fraction)
+    noisy, clean = _keep_clean_windows(noisy, clean, gen, dist.clean_fraction)
+    return _invert_dark(noisy, clean, dark if dist.dark_inverted else dark[:0])
+
+
+def _invert_dark(noisy, clean, dark):
+    """Windows ``dark`` turned upside down, noisy and clean alike: ``max(clean) − x``."""
+    if len(dark):
+        top = clean[dark].max(axis=(1, 2), keepdims=True)
+        noisy[dark] = top - noisy[dark]
+        clean[dark] = top - clean[dark]
+    return noisy, clean
 
 
 def _draw_correlated_noise(n, gen, dist, uniform) -> dict:
@@ -1633,11 +1652,12 @@ def _dark_windows(clean, bright, pos, inten, sigma, peak, window, gen, dist):
 
     ``1 − depth · bright + rim · rims``: ``bright`` the window normalised to peak 1 (before the
     background), ``rims`` the columns' bright rims (as :func:`simulate_scene`) on the same scale,
-    depth and rim uniform in ``dark_depth_range`` and ``dark_rim_range``; clipped at 0.
+    depth and rim uniform in ``dark_depth_range`` and ``dark_rim_range``; clipped at 0. Returns
+    the windows and the indices of the dark ones.
     """
     dark = np.flatnonzero(gen.random(len(clean)) < dist.dark_fraction)
     if not len(dark):
-        return clean
+        return clean, dark
     depth = gen.uniform(*dist.dark_depth_range, size=len(dark)).astype(np.float32)
     rim = gen.uniform(*dist.dark_rim_range, size=len(dark)).astype(np.float32)
     rims = _render_window_rims(pos[dark], inten[dark], DARK_RIM_SCALE * sigma[dark], window)
@@ -1645,7 +1665,7 @@ def _dark_windows(clean, bright, pos, inten, sigma, peak, window, gen, dist):
     out = clean.copy()
     out[dark] = 1.0 - depth[:, None, None] * bright[dark] + rim[:, None, None] * rims
     np.maximum(out, 0.0, out=out)
-    return out
+    return out, dark
 
 
 def _render_window_rims(pos, inten, sigma, window):

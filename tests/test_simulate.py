@@ -859,3 +859,21 @@ def test_realistic_distribution_correlates_the_noise(realistic_batch):
 def test_bad_realistic_fields_raise(changes, match):
     with pytest.raises(ValueError, match=match):
         dataclasses.replace(GENERAL, **changes)
+
+
+def test_dark_inverted_turns_the_dark_windows_upside_down_after_the_noise():
+    # what denoise feeds the network for a dark image: the inverse, with the background's noise
+    dark = dataclasses.replace(REALISTIC, dark_fraction=1.0, clean_fraction=0.0)
+    noisy, clean = training_batch(40, rng=8, distribution=dark)
+    turned = dataclasses.replace(dark, dark_inverted=True)
+    noisy_t, clean_t = training_batch(40, rng=8, distribution=turned)
+    top = clean.max(axis=(1, 2), keepdims=True)
+    np.testing.assert_allclose(clean_t, top - clean, rtol=1e-6, atol=1e-4 * top.max())
+    np.testing.assert_allclose(noisy_t, top - noisy, rtol=1e-6, atol=1e-4 * top.max())
+    assert (clean_t >= 0).all()
+    # a bright background with dark columns before, a dark background with bright columns after
+    assert np.median(np.median(clean, axis=(1, 2)) / top.ravel()) > 0.75
+    assert np.median(np.median(clean_t, axis=(1, 2)) / top.ravel()) < 0.25
+    assert TrainingDistribution.from_dict(turned.to_dict()) == turned
+    with pytest.raises(ValueError, match="dark_inverted must be True or False"):
+        dataclasses.replace(dark, dark_inverted="yes")
