@@ -34,6 +34,7 @@ import numpy as np
 import quality
 import real
 import realdata
+from ablation_general import _Budget
 
 import stem_ae
 from stem_ae.model import compile_for, get_config, load_model
@@ -50,16 +51,6 @@ DARK = dataclasses.replace(
 )
 RATE = 2e-4
 BATCH = 64
-
-
-class _Budget(keras.callbacks.Callback):
-    def __init__(self, seconds: float) -> None:
-        super().__init__()
-        self.seconds, self.start = seconds, time.perf_counter()
-
-    def on_train_batch_end(self, batch, logs=None) -> None:
-        if time.perf_counter() - self.start > self.seconds:
-            self.model.stop_training = True
 
 
 SHIPPED = Path(stem_ae.__file__).resolve().parent / "models" / "general_conv"
