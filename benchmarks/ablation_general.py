@@ -165,8 +165,9 @@ SCENE_SEEDS = (9001, 9002, 9003)
 
 def scene_scores(model, method: str = "candidate") -> dict[str, list[float]]:
     """``{"dose d": [PSNR dB, position error pm, vacancies filled]}``: ``denoise(scene,
-    model=model)`` (the default pipeline) on the white-Poisson scenes of ``benchmarks/quality.py``
-    (RP fault, strain, 5 % vacancies, 192², :data:`SCENE_PIXEL_SIZE`), means over
+    model=model)`` (a model or a shipped name; the default pipeline) on the white-Poisson
+    scenes of ``benchmarks/quality.py`` (RP fault, strain, 5 % vacancies, 192²,
+    :data:`SCENE_PIXEL_SIZE`), means over
     :data:`SCENE_SEEDS`. ``method``: another of ``quality.py``'s methods instead (``"bm3d"``;
     then ``model`` is unused)."""
     import quality
@@ -459,15 +460,13 @@ def main(argv: list[str]) -> None:
         print(name, json.dumps(row), flush=True)
         write(records)
     if args.real or args.scenes:
-        from stem_ae.model import load_model
-
         for shipped in ("general", "general_conv"):
             record = records.setdefault(SHIPPED_PREFIX + shipped, {})
             record.update(description=f"shipped `{shipped}`", machine=_machine.describe())
             if args.real:
                 record["real"] = real_scores(shipped)
             if args.scenes:
-                record["scenes"] = scene_scores(load_model(shipped))
+                record["scenes"] = scene_scores(shipped)  # denoise takes the name
         if args.scenes:
             records[REFERENCE_BM3D] = {
                 "description": "BM3D (Anscombe; `quality.py`'s), for reference",

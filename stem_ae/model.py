@@ -79,9 +79,11 @@ LOSSES = ("mse", "counts")
 loss in counts (:func:`counts_loss`)."""
 
 COUNTS_FLOOR = 0.02
-"""Added to the clean window (maximum 1) before it weights the loss in counts
-(:func:`counts_weights`), so that vacuum and the dark cores of ABF columns keep a finite weight
-(the simulator's background is 0.05)."""
+"""Added to the clean window, in its own units, before it weights the loss in counts
+(:func:`counts_weights`), so that a pixel with no signal keeps a finite weight. For windows
+drawn with a dose (counts, as ``REALISTIC``'s) it is a variance floor far below one count; for
+windows scaled to a maximum of 1, 2 % of the strongest column."""
+
 #: Kernel side of every convolution of a ``"conv"`` auto-encoder, px.
 CONV_KERNEL = 3
 #: The fixed anti-aliasing blur of ``AEConfig(antialias=True)``: binomial ``[1, 2, 1]/4`` squared.
@@ -459,7 +461,8 @@ def _conv_stack(config: AEConfig) -> list:
 
 
 def counts_weights(clean: np.ndarray) -> np.ndarray:
-    """Per-pixel weights of the loss in counts for clean windows ``(N, w, w)`` (maximum 1).
+    """Per-pixel weights of the loss in counts for clean windows ``(N, w, w)`` (in counts for a
+    Poisson window: its expected counts are the noise variance).
 
     The inverse Poisson variance ``1 / (clean +`` :data:`COUNTS_FLOOR` ``)``, scaled to a mean of
     1 in each window: a window weighs what it weighs in the MSE of standardised windows, and
