@@ -877,3 +877,28 @@ def test_dark_inverted_turns_the_dark_windows_upside_down_after_the_noise():
     assert TrainingDistribution.from_dict(turned.to_dict()) == turned
     with pytest.raises(ValueError, match="dark_inverted must be True or False"):
         dataclasses.replace(dark, dark_inverted="yes")
+
+
+def test_realistic_dark_is_realistic_with_a_fifth_of_the_windows_inverted_dark():
+    from stem_ae.simulate import REALISTIC as SHIPPED_REALISTIC
+    from stem_ae.simulate import REALISTIC_DARK, _resolve_distribution
+
+    assert _resolve_distribution("realistic_dark") is REALISTIC_DARK
+    differs = {
+        f.name
+        for f in dataclasses.fields(REALISTIC_DARK)
+        if getattr(REALISTIC_DARK, f.name) != getattr(SHIPPED_REALISTIC, f.name)
+    }
+    assert differs == {
+        "name",
+        "dark_fraction",
+        "dark_inverted",
+        "dark_depth_range",
+        "dark_rim_range",
+    }
+    noisy, clean = training_batch(600, rng=4, distribution=REALISTIC_DARK)
+    assert np.isfinite(noisy).all() and (clean >= 0).all()
+    # an inverted window is max(clean) - clean: it reaches exactly 0 where the background was
+    # brightest, which no bright window (background, dose and all) does; REALISTIC gives 0 of 600
+    turned = (clean.min(axis=(1, 2)) == 0).mean()
+    assert 0.12 < turned < 0.28

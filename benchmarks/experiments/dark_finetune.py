@@ -20,7 +20,6 @@ counts/px), and on the two real [110] images of ``real.py`` (ADF and ABF). Usage
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import sys
 import time
@@ -38,17 +37,10 @@ from ablation_general import _Budget
 
 import stem_ae
 from stem_ae.model import compile_for, get_config, load_model
-from stem_ae.simulate import REALISTIC
+from stem_ae.simulate import REALISTIC, REALISTIC_DARK
 from stem_ae.training import _standardized_pair, draw_pool
 
-DARK = dataclasses.replace(
-    REALISTIC,
-    name="realistic_dark",
-    dark_fraction=0.2,
-    dark_inverted=True,
-    dark_depth_range=(0.2, 0.6),
-    dark_rim_range=(0.0, 0.15),
-)
+DARK = REALISTIC_DARK
 RATE = 2e-4
 BATCH = 64
 
