@@ -506,11 +506,9 @@ def _spacings_text(lattice, pixel_size: float | None) -> str:
 
 def _resampling_factor(lattice, model, contrast=None) -> float:
     """The magnification denoise applies to bring this lattice to the model's sampling."""
-    from stem_ae.denoising import _scale_factor
-    from stem_ae.model import get_config
+    from stem_ae.denoising import _sampling_factor
 
-    spacings = lattice.sampling_spacings(dark=contrast == "dark")
-    return float(_scale_factor(*spacings, *get_config(model).spacing_range))
+    return float(_sampling_factor(lattice, model, contrast))
 
 
 def _record(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import keras
@@ -586,3 +587,26 @@ def test_denoise_without_a_2d_lattice_uses_the_radial_spacing_with_a_calibration
     out, mask = denoise(image, model=dense_model, pixel_size=0.2, return_mask=True)
     assert out.shape == image.shape and np.isfinite(out).all()
     np.testing.assert_array_equal(mask, np.ones(image.shape, np.float32))  # no map: no lattice
+
+
+def test_convolutional_models_see_bright_lattices_at_the_top_of_their_range():
+    # SAMPLING_POSITION: dense models and dark columns at the geometric centre of the training
+    # spacings (6-10 px), a convolutional model's bright columns at the top (more pixels each)
+    from stem_ae.denoising import SAMPLING_POSITION, _scale_factor
+    from stem_ae.simulate import simulate_scene
+
+    assert SAMPLING_POSITION == {"dense": 0.5, "conv": 1.0}
+    assert _scale_factor(8.0, 8.0, 6.0, 10.0) == pytest.approx(math.sqrt(60.0) / 8.0)
+    assert _scale_factor(8.0, 8.0, 6.0, 10.0, position=1.0) == pytest.approx(10.0 / 8.0)
+    assert _scale_factor(8.0, 8.0, 6.0, 10.0, position=0.0) == pytest.approx(6.0 / 8.0)
+    bright = simulate_scene((160, 160), pixel_size=0.2, dose=16.0, rng=3).noisy
+    dark = simulate_scene((160, 160), pixel_size=0.2, dose=64.0, contrast="dark", rng=3).noisy
+    factors = {
+        (name, model): denoise(image, model=model, return_report=True)[-1]["resampling_factor"]
+        for name, image in (("bright", bright), ("dark", dark))
+        for model in ("general", "general_conv")
+    }
+    # 10 / sqrt(60) times the dense model's magnification, up to the rounding of the shape
+    ratio = factors["bright", "general_conv"] / factors["bright", "general"]
+    assert ratio == pytest.approx(10.0 / math.sqrt(60.0), rel=0.02)
+    assert factors["dark", "general_conv"] == factors["dark", "general"]
